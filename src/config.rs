@@ -1,0 +1,229 @@
+//! Configuration: one TOML file whose every key has a default, so `civicline serve` needs no file.
+//! Unknown keys are refused with the file, line and reason, so a typo never silently does nothing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+use crate::sip::transaction::TimerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP listening addresses (IPv4 and IPv6 alike); port 0 picks a free port.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listening addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Address put in Contact and SDP when a listener is bound to a wildcard address.
+    pub advertised_ip: IpAddr,
+    /// Reply to the source address of every UDP request (Asterisk `force_rport`); false follows
+    /// RFC 3261 18.2.2 strictly (received + sent-by port unless the caller asked for rport).
+    pub symmetric_responses: bool,
+    /// How long an incoming call rings (180 Ringing) before it is answered.
+    pub answer_delay_ms: u64,
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    pub max_tcp_connections: usize,
+    /// A TCP peer that starts a message must finish it within this time (slow-loris guard).
+    pub tcp_message_timeout_ms: u64,
+    /// A TCP connection with no traffic for this long is closed.
+    pub tcp_idle_timeout_s: u64,
+    /// On shutdown, how long to wait for BYE transactions before exiting anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+            advertised_ip: IpAddr::from([127, 0, 0, 1]),
+            symmetric_responses: true,
+            answer_delay_ms: 500,
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            max_tcp_connections: 1024,
+            tcp_message_timeout_ms: 10_000,
+            tcp_idle_timeout_s: 600,
+            shutdown_grace_ms: 3000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address RTP sockets bind to.
+    pub rtp_ip: IpAddr,
+    /// First RTP port; 0 lets the OS choose `rtp_ports` free ports (used by tests).
+    pub rtp_port_min: u16,
+    /// How many RTP ports (each with its RTCP port + 1 when ports are fixed) to bind in advance;
+    /// this is the most calls that can be up at once.
+    pub rtp_ports: u16,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            rtp_ip: IpAddr::from([127, 0, 0, 1]),
+            rtp_port_min: 20000,
+            rtp_ports: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8311)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; empty means `<data_dir>/civicline.db`.
+    pub database_url: String,
+    /// Events committed in one transaction at most.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("data"),
+            database_url: String::new(),
+            max_batch: 512,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            media: MediaConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                reason: e.message().to_string(),
+            }
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.store.database_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.store.data_dir.join("civicline.db").display()
+            )
+        } else {
+            self.store.database_url.clone()
+        }
+    }
+
+    pub fn engine_config(&self, instance: String) -> EngineConfig {
+        EngineConfig {
+            timers: TimerConfig {
+                t1: Duration::from_millis(self.sip.t1_ms),
+                t2: Duration::from_millis(self.sip.t2_ms),
+                t4: Duration::from_millis(self.sip.t4_ms),
+            },
+            symmetric_responses: self.sip.symmetric_responses,
+            advertised_ip: self.sip.advertised_ip,
+            answer_delay: Duration::from_millis(self.sip.answer_delay_ms),
+            instance,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.database_url().starts_with("sqlite://data/civicline.db"));
+    }
+
+    #[test]
+    fn typo_is_refused_with_line() {
+        let err =
+            Config::parse("[sip]\nt1_ms = 500\nudpp = []\n", Path::new("c.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("c.toml:3:"), "{text}");
+        assert!(text.contains("udpp"), "{text}");
+    }
+
+    #[test]
+    fn ipv6_listeners_parse() {
+        let c = Config::parse(
+            "[sip]\nudp = [\"[::1]:5060\", \"127.0.0.1:5060\"]\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.sip.udp.len(), 2);
+        assert!(c.sip.udp[0].is_ipv6());
+    }
+}

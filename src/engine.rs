@@ -1,0 +1,1326 @@
+//! The engine: every decision civicline makes about a call, as pure code on an injected clock.
+//!
+//! `handle_input(now, Input)`, `handle_timeout(now)`, `poll_output()` and `poll_timeout()` are the
+//! whole interface (the str0m / quinn-proto shape). The engine owns the SIP transaction layer,
+//! the calls (one UAS dialog each), the RTP port pool's bookkeeping and the events to record. It
+//! never touches a socket, a thread, a clock or the database: `runtime/` does that.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::events::{CallEvent, EventKind};
+use crate::sip::headers::{uri_scheme, CSeq, NameAddr, SipUri, Via};
+use crate::sip::message::{SipMessage, StartLine};
+use crate::sip::response::{build_response, response_destination};
+use crate::sip::sdp::{self, Codec, LocalMedia, Negotiated};
+use crate::sip::transaction::{RequestDisposition, TimerConfig, TransactionLayer, TxId, TxOutput};
+use crate::sip::transport::Peer;
+
+/// Methods we implement; also the `Allow` header value.
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+/// Methods we recognise but do not support yet (405 rather than 501, RFC 3261 8.2.1).
+const KNOWN_UNSUPPORTED: &[&str] = &[
+    "REGISTER",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "MESSAGE",
+    "REFER",
+    "PUBLISH",
+];
+
+/// Engine settings; the runtime fills them from the TOML config.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub timers: TimerConfig,
+    /// Send UDP responses to the packet's source, whatever the Via says (Asterisk `force_rport`).
+    pub symmetric_responses: bool,
+    /// Address written into SDP and Contact when the listening socket is a wildcard.
+    pub advertised_ip: IpAddr,
+    /// How long a call rings (180 sent) before we answer; 0 answers at once.
+    pub answer_delay: Duration,
+    /// `Server` header and SDP user name.
+    pub server_name: String,
+    /// Prefix of call references, unique per process start, so references never repeat.
+    pub instance: String,
+    /// Payload type we offer for telephone-event when the caller made no offer.
+    pub telephone_event_pt: u8,
+    /// Codec preference when the offer allows both.
+    pub codecs: Vec<Codec>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            timers: TimerConfig::default(),
+            symmetric_responses: true,
+            advertised_ip: IpAddr::from([127, 0, 0, 1]),
+            answer_delay: Duration::ZERO,
+            server_name: format!("civicline/{}", env!("CARGO_PKG_VERSION")),
+            instance: "c0".into(),
+            telephone_event_pt: 101,
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+        }
+    }
+}
+
+/// What the runtime feeds in.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// One SIP message (a datagram, or one framed message from a stream).
+    Sip { peer: Peer, bytes: Bytes },
+    /// Stop taking calls and hang up the ones in progress.
+    Shutdown,
+}
+
+/// Media instructions for the runtime's RTP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    Open {
+        call_ref: String,
+        rtp_port: u16,
+        remote: Option<SocketAddr>,
+        codec: Codec,
+        payload_type: u8,
+        telephone_event_pt: Option<u8>,
+    },
+    Close {
+        call_ref: String,
+        rtp_port: u16,
+    },
+}
+
+/// What the runtime must carry out.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Transmit { to: Peer, bytes: Bytes },
+    Media(MediaCommand),
+    Record(CallEvent),
+}
+
+/// Counters for health and metrics; every one is derived from engine decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub messages: u64,
+    pub unparseable: u64,
+    pub responses_sent: BTreeMap<u16, u64>,
+    pub stray_responses: u64,
+    pub calls_active: usize,
+    pub calls_total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// INVITE received, 180 sent, waiting for the answer timer.
+    Ringing,
+    /// 200 OK sent, waiting for ACK.
+    Answered,
+    Confirmed,
+    /// We sent BYE and wait for its response.
+    Terminating,
+}
+
+#[derive(Debug)]
+struct Call {
+    call_ref: String,
+    sip_call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    /// Our identity as the caller addressed us (their To), used as From in our requests.
+    local_uri: String,
+    /// The caller's From value, used as To in our requests.
+    remote_uri: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    peer: Peer,
+    invite: SipMessage,
+    invite_tx: TxId,
+    state: CallState,
+    local_cseq: u32,
+    rtp_port: u16,
+    answer: Option<Negotiated>,
+    /// Our SDP (answer or offer), reused for re-INVITEs.
+    local_sdp: Vec<u8>,
+    received_at: Instant,
+    answered_at: Option<Instant>,
+    answer_at: Option<Instant>,
+    bye_tx: Option<TxId>,
+}
+
+/// RTP ports the runtime bound in advance; reused least-recently-released first so late packets
+/// of an ended call do not land in the next one.
+#[derive(Debug, Default)]
+pub struct PortPool {
+    free: VecDeque<u16>,
+}
+
+impl PortPool {
+    pub fn new(ports: impl IntoIterator<Item = u16>) -> Self {
+        PortPool {
+            free: ports.into_iter().collect(),
+        }
+    }
+    fn take(&mut self) -> Option<u16> {
+        self.free.pop_front()
+    }
+    fn put(&mut self, port: u16) {
+        self.free.push_back(port);
+    }
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    rng: SmallRng,
+    transactions: TransactionLayer,
+    calls: HashMap<u64, Call>,
+    /// `Call-ID|local tag` -> call number.
+    dialogs: HashMap<String, u64>,
+    invite_tx_calls: HashMap<TxId, u64>,
+    bye_tx_calls: HashMap<TxId, u64>,
+    /// `From tag|Call-ID|CSeq` of live server transactions, for merged-request detection.
+    merge_keys: HashMap<String, TxId>,
+    tx_merge_keys: HashMap<TxId, String>,
+    /// Engine-level timers (answer after ringing).
+    call_timers: BTreeSet<(Instant, u64)>,
+    ports: PortPool,
+    outputs: VecDeque<Output>,
+    next_call: u64,
+    shutting_down: bool,
+    stats: EngineStats,
+}
+
+/// Why a request is refused before any method handling.
+struct Reject {
+    code: u16,
+    reason: String,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, ports: PortPool, seed: u64) -> Self {
+        Engine {
+            transactions: TransactionLayer::new(config.timers),
+            config,
+            rng: SmallRng::seed_from_u64(seed),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            invite_tx_calls: HashMap::new(),
+            bye_tx_calls: HashMap::new(),
+            merge_keys: HashMap::new(),
+            tx_merge_keys: HashMap::new(),
+            call_timers: BTreeSet::new(),
+            ports,
+            outputs: VecDeque::new(),
+            next_call: 1,
+            shutting_down: false,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            calls_active: self.calls.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn free_rtp_ports(&self) -> usize {
+        self.ports.available()
+    }
+
+    /// True once shutdown was asked for and every call and transaction has finished.
+    pub fn is_drained(&self) -> bool {
+        self.shutting_down && self.calls.is_empty() && self.transactions.len().1 == 0
+    }
+
+    pub fn live_transactions(&self) -> (usize, usize) {
+        self.transactions.len()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let tx = self.transactions.next_timeout();
+        let call = self.call_timers.first().map(|(at, _)| *at);
+        match (tx, call) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Sip { peer, bytes } => self.handle_sip(now, peer, &bytes),
+            Input::Shutdown => self.shutdown(now),
+        }
+        self.drain_transactions(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.transactions.handle_timeout(now);
+        self.drain_transactions(now);
+        while let Some(&(at, number)) = self.call_timers.first() {
+            if at > now {
+                break;
+            }
+            self.call_timers.pop_first();
+            let due = self
+                .calls
+                .get(&number)
+                .is_some_and(|c| c.state == CallState::Ringing && c.answer_at == Some(at));
+            if due {
+                self.answer(now, number);
+            }
+        }
+        self.drain_transactions(now);
+    }
+
+    fn random_token(&mut self) -> String {
+        format!("{:016x}", self.rng.gen::<u64>())
+    }
+
+    fn emit(&mut self, event: CallEvent) {
+        self.outputs.push_back(Output::Record(event));
+    }
+
+    fn handle_sip(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
+        self.stats.messages += 1;
+        let message = match SipMessage::parse(bytes) {
+            Ok(m) => m,
+            Err(error) => {
+                self.stats.unparseable += 1;
+                tracing::debug!(%error, from = %peer.remote, "dropping unparseable SIP message");
+                return;
+            }
+        };
+        if !message.is_request() {
+            if !self.transactions.receive_response(now, &message) {
+                self.stats.stray_responses += 1;
+            }
+            return;
+        }
+        self.handle_request(now, peer, message);
+    }
+
+    fn send_stateless(
+        &mut self,
+        peer: Peer,
+        request: &SipMessage,
+        code: u16,
+        extra: &[(&str, String)],
+    ) {
+        if request.method() == Some("ACK") {
+            return; // An ACK is never answered.
+        }
+        let tag = self.random_token();
+        let mut response = build_response(
+            request,
+            peer.remote,
+            code,
+            Some(&tag),
+            &self.config.server_name,
+        );
+        for (name, value) in extra {
+            response.push_header(name, value.clone());
+        }
+        let top_via = response.header("Via").unwrap_or_default().to_string();
+        let to = response_destination(peer, &top_via, self.config.symmetric_responses);
+        *self.stats.responses_sent.entry(code).or_default() += 1;
+        self.outputs.push_back(Output::Transmit {
+            to,
+            bytes: Bytes::from(response.to_bytes()),
+        });
+    }
+
+    /// Sends a response through the request's server transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        peer: Peer,
+        request: &SipMessage,
+        code: u16,
+        to_tag: Option<&str>,
+        extra: Vec<(&str, String)>,
+        body: Option<Vec<u8>>,
+    ) {
+        let mut response =
+            build_response(request, peer.remote, code, to_tag, &self.config.server_name);
+        for (name, value) in extra {
+            response.push_header(name, value);
+        }
+        if let Some(body) = body {
+            response.push_header("Content-Type", "application/sdp");
+            response.body = body;
+        }
+        *self.stats.responses_sent.entry(code).or_default() += 1;
+        // The transaction transmits to the destination chosen when it was created (18.2.2).
+        self.transactions
+            .respond(now, tx, code, Bytes::from(response.to_bytes()));
+    }
+
+    fn handle_request(&mut self, now: Instant, peer: Peer, request: SipMessage) {
+        let method = request.method().unwrap_or_default().to_string();
+        // Without a parseable top Via there is no transaction to match; answer statelessly.
+        let top_via = request
+            .header_values("Via")
+            .first()
+            .and_then(|v| Via::parse(v).ok());
+        let routable = has_routing_headers(&request);
+        let Some(top_via) = top_via.filter(|_| routable) else {
+            if routable || self.config.symmetric_responses && has_minimal_headers(&request) {
+                self.send_stateless(peer, &request, 400, &[]);
+            } else {
+                tracing::debug!(from = %peer.remote, "dropping request with no routable Via");
+            }
+            return;
+        };
+        // Responses go where RFC 3261 18.2.2 says; the transaction keeps that destination.
+        let stamped = crate::sip::response::stamp_via(
+            request
+                .header_values("Via")
+                .first()
+                .copied()
+                .unwrap_or_default(),
+            peer.remote,
+        );
+        let reply_to = response_destination(peer, &stamped, self.config.symmetric_responses);
+
+        if let Err(reject) = validate(&request, &method) {
+            tracing::debug!(code = reject.code, reason = %reject.reason, "rejecting request");
+            // Invalid requests still go through a transaction so retransmissions get the same answer.
+            if method == "ACK" {
+                return;
+            }
+            match self
+                .transactions
+                .receive_request(now, &request, &top_via, reply_to)
+            {
+                RequestDisposition::New(tx) => {
+                    let tag = self.random_token();
+                    let extra = match reject.code {
+                        405 | 501 => vec![("Allow", ALLOWED_METHODS.to_string())],
+                        _ => Vec::new(),
+                    };
+                    let mut response = build_response(
+                        &request,
+                        peer.remote,
+                        reject.code,
+                        Some(&tag),
+                        &self.config.server_name,
+                    );
+                    if let StartLine::Response { reason, .. } = &mut response.start {
+                        if reject.code == 400 {
+                            *reason = format!("Bad Request ({})", sanitize_reason(&reject.reason));
+                        }
+                    }
+                    for (name, value) in extra {
+                        response.push_header(name, value);
+                    }
+                    *self.stats.responses_sent.entry(reject.code).or_default() += 1;
+                    self.transactions.respond(
+                        now,
+                        tx,
+                        reject.code,
+                        Bytes::from(response.to_bytes()),
+                    );
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match self
+            .transactions
+            .receive_request(now, &request, &top_via, reply_to)
+        {
+            RequestDisposition::Retransmission(_) | RequestDisposition::AckAbsorbed(_) => {}
+            RequestDisposition::AckForDialog => self.handle_ack(now, &request),
+            RequestDisposition::New(tx) => {
+                if let Some(code) = self.merged_request(tx, &request) {
+                    let tag = self.random_token();
+                    self.respond(now, tx, peer, &request, code, Some(&tag), Vec::new(), None);
+                    return;
+                }
+                self.dispatch(now, tx, peer, reply_to, &method, request);
+            }
+        }
+    }
+
+    /// RFC 3261 8.2.2.2: the same request arriving by another path (different branch) gets 482.
+    fn merged_request(&mut self, tx: TxId, request: &SipMessage) -> Option<u16> {
+        let to_tag = request
+            .header("To")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|t| t.tag().map(str::to_string));
+        if to_tag.is_some() {
+            return None;
+        }
+        let from_tag = request
+            .header("From")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|f| f.tag().map(str::to_string))?;
+        let key = format!(
+            "{}|{}|{}",
+            from_tag,
+            request.header("Call-ID").unwrap_or_default(),
+            request.header("CSeq").unwrap_or_default()
+        );
+        if let Some(&other) = self.merge_keys.get(&key) {
+            if other != tx && self.transactions.server_state(other).is_some() {
+                return Some(482);
+            }
+        }
+        self.merge_keys.insert(key.clone(), tx);
+        self.tx_merge_keys.insert(tx, key);
+        None
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        peer: Peer,
+        reply_to: Peer,
+        method: &str,
+        request: SipMessage,
+    ) {
+        let tag = self.random_token();
+        match method {
+            "OPTIONS" => {
+                let extra = vec![
+                    ("Allow", ALLOWED_METHODS.to_string()),
+                    ("Accept", "application/sdp".to_string()),
+                    ("Supported", String::new()),
+                    ("Accept-Language", "en, es".to_string()),
+                ];
+                self.respond(now, tx, peer, &request, 200, Some(&tag), extra, None);
+            }
+            "INVITE" => self.handle_invite(now, tx, peer, reply_to, request),
+            "BYE" => self.handle_bye(now, tx, peer, &request),
+            "CANCEL" => self.handle_cancel(now, tx, peer, &request),
+            m if KNOWN_UNSUPPORTED.iter().any(|k| k.eq_ignore_ascii_case(m)) => {
+                let extra = vec![("Allow", ALLOWED_METHODS.to_string())];
+                self.respond(now, tx, peer, &request, 405, Some(&tag), extra, None);
+            }
+            _ => {
+                let extra = vec![("Allow", ALLOWED_METHODS.to_string())];
+                self.respond(now, tx, peer, &request, 501, Some(&tag), extra, None);
+            }
+        }
+    }
+
+    fn dialog_key(call_id: &str, local_tag: &str) -> String {
+        format!("{call_id}|{local_tag}")
+    }
+
+    fn find_dialog(&self, request: &SipMessage) -> Option<u64> {
+        let to_tag = request
+            .header("To")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|t| t.tag().map(str::to_string))?;
+        let key = Self::dialog_key(request.header("Call-ID").unwrap_or_default(), &to_tag);
+        let number = *self.dialogs.get(&key)?;
+        let from_tag = request
+            .header("From")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|f| f.tag().map(str::to_string))
+            .unwrap_or_default();
+        self.calls
+            .get(&number)
+            .filter(|c| c.remote_tag == from_tag)
+            .map(|_| number)
+    }
+
+    fn local_ip(&self, peer: &Peer) -> IpAddr {
+        let ip = peer.local.ip();
+        if ip.is_unspecified() {
+            self.config.advertised_ip
+        } else {
+            ip
+        }
+    }
+
+    fn contact_for(&self, peer: &Peer) -> String {
+        let ip = self.local_ip(peer);
+        let host = match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        let transport = match peer.transport {
+            crate::sip::transport::Transport::Udp => "",
+            crate::sip::transport::Transport::Tcp => ";transport=tcp",
+        };
+        format!("<sip:311@{host}:{}{transport}>", peer.local.port())
+    }
+
+    fn handle_invite(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        peer: Peer,
+        reply_to: Peer,
+        request: SipMessage,
+    ) {
+        // A re-INVITE inside an existing dialog: answer with the SDP we already agreed.
+        let has_to_tag = request
+            .header("To")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .is_some_and(|t| t.tag().is_some());
+        if has_to_tag {
+            match self.find_dialog(&request) {
+                Some(number) => {
+                    let (tag, sdp, contact) = {
+                        let call = &self.calls[&number];
+                        (
+                            call.local_tag.clone(),
+                            call.local_sdp.clone(),
+                            self.contact_for(&call.peer),
+                        )
+                    };
+                    let extra = vec![("Contact", contact), ("Allow", ALLOWED_METHODS.to_string())];
+                    self.respond(now, tx, peer, &request, 200, Some(&tag), extra, Some(sdp));
+                }
+                None => {
+                    let tag = self.random_token();
+                    self.respond(now, tx, peer, &request, 481, Some(&tag), Vec::new(), None);
+                }
+            }
+            return;
+        }
+        let local_tag = self.random_token();
+        let call_ref = format!("{}-{}", self.config.instance, self.next_call);
+        let sip_call_id = request.header("Call-ID").unwrap_or_default().to_string();
+        let caller = request
+            .header("From")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|f| SipUri::parse(&f.uri).ok().and_then(|u| u.user));
+        let mut received = CallEvent {
+            at: now,
+            call_ref: call_ref.clone(),
+            sip_call_id: sip_call_id.clone(),
+            kind: EventKind::Received,
+            status_code: None,
+            reason: None,
+            duration: None,
+            caller,
+            detail: Some(format!(
+                "{{\"transport\":\"{}\",\"to\":{}}}",
+                peer.transport,
+                json_string(request.request_uri().unwrap_or_default())
+            )),
+        };
+        let reject = |engine: &mut Engine,
+                      mut received: CallEvent,
+                      code: u16,
+                      reason: &str,
+                      extra: Vec<(&str, String)>| {
+            engine.respond(now, tx, peer, &request, code, Some(&local_tag), extra, None);
+            engine.emit(received.clone());
+            received.kind = EventKind::Rejected;
+            received.status_code = Some(code);
+            received.reason = Some(reason.to_string());
+            received.detail = None;
+            engine.emit(received);
+        };
+        self.next_call += 1;
+        self.stats.calls_total += 1;
+        if self.shutting_down {
+            reject(
+                self,
+                received,
+                503,
+                "shutting_down",
+                vec![("Retry-After", "30".into())],
+            );
+            return;
+        }
+        let offer = match sdp_offer(&request) {
+            Ok(offer) => offer,
+            Err(BodyProblem::UnsupportedType) => {
+                reject(
+                    self,
+                    received,
+                    415,
+                    "unsupported_body",
+                    vec![("Accept", "application/sdp".into())],
+                );
+                return;
+            }
+            Err(BodyProblem::Unparseable(why)) => {
+                received.detail = None;
+                reject(self, received, 400, &format!("bad_sdp: {why}"), Vec::new());
+                return;
+            }
+        };
+        let negotiated = match &offer {
+            Some(offer) => match sdp::negotiate(offer, &self.config.codecs) {
+                Ok(n) => Some(n),
+                Err(error) => {
+                    reject(
+                        self,
+                        received,
+                        488,
+                        &format!("no_common_codec: {error}"),
+                        vec![(
+                            "Warning",
+                            format!(
+                                "304 {} \"Media type not available\"",
+                                self.config.server_name
+                            ),
+                        )],
+                    );
+                    return;
+                }
+            },
+            None => None,
+        };
+        let Some(rtp_port) = self.ports.take() else {
+            reject(
+                self,
+                received,
+                503,
+                "no_rtp_port",
+                vec![("Retry-After", "5".into())],
+            );
+            return;
+        };
+        let local = LocalMedia {
+            address: self.local_ip(&peer),
+            rtp_port,
+            session_id: self.rng.gen::<u32>() as u64,
+            session_version: 1,
+            username: "civicline".into(),
+        };
+        let local_sdp = match (&offer, &negotiated) {
+            (Some(offer), Some(n)) => sdp::build_answer(offer, n, &local),
+            _ => sdp::build_offer(&local, self.config.telephone_event_pt),
+        };
+        let from = request.header("From").unwrap_or_default().to_string();
+        let remote_tag = NameAddr::parse(&from)
+            .ok()
+            .and_then(|f| f.tag().map(str::to_string))
+            .unwrap_or_default();
+        let remote_target = request
+            .header("Contact")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .map(|c| c.uri)
+            .unwrap_or_else(|| request.request_uri().unwrap_or_default().to_string());
+        let route_set = request
+            .header_values("Record-Route")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let to = request.header("To").unwrap_or_default().to_string();
+        let number = self.next_call - 1;
+        let answer_at = now + self.config.answer_delay;
+        let call = Call {
+            call_ref,
+            sip_call_id: sip_call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag,
+            local_uri: format!("{to};tag={local_tag}"),
+            remote_uri: from,
+            remote_target,
+            route_set,
+            peer: reply_to,
+            invite: request,
+            invite_tx: tx,
+            state: CallState::Ringing,
+            local_cseq: 0,
+            rtp_port,
+            answer: negotiated,
+            local_sdp: local_sdp.into_bytes(),
+            received_at: now,
+            answered_at: None,
+            answer_at: Some(answer_at),
+            bye_tx: None,
+        };
+        self.emit(received);
+        self.dialogs
+            .insert(Self::dialog_key(&sip_call_id, &local_tag), number);
+        self.invite_tx_calls.insert(tx, number);
+        self.calls.insert(number, call);
+        let invite = self.calls[&number].invite.clone();
+        self.respond(now, tx, peer, &invite, 100, None, Vec::new(), None);
+        if self.config.answer_delay.is_zero() {
+            self.answer(now, number);
+        } else {
+            let contact = self.contact_for(&peer);
+            self.respond(
+                now,
+                tx,
+                peer,
+                &invite,
+                180,
+                Some(&local_tag),
+                vec![("Contact", contact)],
+                None,
+            );
+            self.call_timers.insert((answer_at, number));
+        }
+    }
+
+    fn answer(&mut self, now: Instant, number: u64) {
+        let Some(call) = self.calls.get_mut(&number) else {
+            return;
+        };
+        call.state = CallState::Answered;
+        call.answered_at = Some(now);
+        call.answer_at = None;
+        let (tx, peer, invite, tag, sdp) = (
+            call.invite_tx,
+            call.peer,
+            call.invite.clone(),
+            call.local_tag.clone(),
+            call.local_sdp.clone(),
+        );
+        let open = call.answer.as_ref().map(|n| MediaCommand::Open {
+            call_ref: call.call_ref.clone(),
+            rtp_port: call.rtp_port,
+            remote: n.remote_rtp,
+            codec: n.codec,
+            payload_type: n.payload_type,
+            telephone_event_pt: n.telephone_event_pt,
+        });
+        let codec = call.answer.as_ref().map(|n| format!("{:?}", n.codec));
+        let contact = self.contact_for(&peer);
+        let extra = vec![
+            ("Contact", contact),
+            ("Allow", ALLOWED_METHODS.to_string()),
+            ("Supported", String::new()),
+        ];
+        self.respond(now, tx, peer, &invite, 200, Some(&tag), extra, Some(sdp));
+        let received_at = self.calls[&number].received_at;
+        let mut event = self.record_for(number, now, EventKind::Answered);
+        event.status_code = Some(200);
+        event.duration = Some(now - received_at);
+        event.detail = codec.map(|c| format!("{{\"codec\":\"{c}\"}}"));
+        self.emit(event);
+        if let Some(open) = open {
+            self.outputs.push_back(Output::Media(open));
+        }
+    }
+
+    fn record_for(&mut self, number: u64, at: Instant, kind: EventKind) -> CallEvent {
+        let call = &self.calls[&number];
+        CallEvent {
+            at,
+            call_ref: call.call_ref.clone(),
+            sip_call_id: call.sip_call_id.clone(),
+            kind,
+            status_code: None,
+            reason: None,
+            duration: None,
+            caller: None,
+            detail: None,
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, request: &SipMessage) {
+        let Some(number) = self.find_dialog(request) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&number) else {
+            return;
+        };
+        if call.state != CallState::Answered {
+            return;
+        }
+        call.state = CallState::Confirmed;
+        let tx = call.invite_tx;
+        // An INVITE without SDP got our offer in the 200; the caller's answer is in this ACK.
+        if call.answer.is_none() && !request.body.is_empty() {
+            if let Ok(answer) = sdp::parse(&request.body) {
+                if let Ok(n) = sdp::negotiate(&answer, &self.config.codecs) {
+                    let open = MediaCommand::Open {
+                        call_ref: call.call_ref.clone(),
+                        rtp_port: call.rtp_port,
+                        remote: n.remote_rtp,
+                        codec: n.codec,
+                        payload_type: n.payload_type,
+                        telephone_event_pt: n.telephone_event_pt,
+                    };
+                    call.answer = Some(n);
+                    self.outputs.push_back(Output::Media(open));
+                }
+            }
+        }
+        self.transactions.ack_received(tx);
+        let _ = now;
+    }
+
+    fn handle_bye(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {
+        let Some(number) = self.find_dialog(request) else {
+            let tag = self.random_token();
+            self.respond(now, tx, peer, request, 481, Some(&tag), Vec::new(), None);
+            return;
+        };
+        let tag = self.calls[&number].local_tag.clone();
+        self.respond(now, tx, peer, request, 200, Some(&tag), Vec::new(), None);
+        let state = self.calls[&number].state;
+        if state == CallState::Answered {
+            // BYE before ACK ends the 2xx retransmissions too.
+            let invite_tx = self.calls[&number].invite_tx;
+            self.transactions.ack_received(invite_tx);
+        }
+        self.end_call(now, number, "caller_hangup", None);
+    }
+
+    fn handle_cancel(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {
+        let top_via = request
+            .header_values("Via")
+            .first()
+            .and_then(|v| Via::parse(v).ok());
+        let invite_tx = top_via.and_then(|v| self.transactions.find_invite_for_cancel(request, &v));
+        let Some(invite_tx) = invite_tx else {
+            let tag = self.random_token();
+            self.respond(now, tx, peer, request, 481, Some(&tag), Vec::new(), None);
+            return;
+        };
+        let number = self.invite_tx_calls.get(&invite_tx).copied();
+        let tag = number
+            .and_then(|n| self.calls.get(&n))
+            .map(|c| c.local_tag.clone())
+            .unwrap_or_else(|| self.random_token());
+        self.respond(now, tx, peer, request, 200, Some(&tag), Vec::new(), None);
+        let Some(number) = number else {
+            return;
+        };
+        if self.calls.get(&number).map(|c| c.state) != Some(CallState::Ringing) {
+            return; // Already answered: the CANCEL has no effect (RFC 3261 9.2).
+        }
+        let (invite, invite_peer) = {
+            let c = &self.calls[&number];
+            (c.invite.clone(), c.peer)
+        };
+        self.respond(
+            now,
+            invite_tx,
+            invite_peer,
+            &invite,
+            487,
+            Some(&tag),
+            Vec::new(),
+            None,
+        );
+        let mut event = self.record_for(number, now, EventKind::Cancelled);
+        event.status_code = Some(487);
+        event.reason = Some("caller_cancelled".into());
+        event.duration = Some(now - self.calls[&number].received_at);
+        self.emit(event);
+        self.forget_call(number);
+    }
+
+    /// Ends an answered call: records `Ended`, frees media, optionally sends BYE first.
+    fn end_call(&mut self, now: Instant, number: u64, reason: &str, detail: Option<String>) {
+        let Some(call) = self.calls.get(&number) else {
+            return;
+        };
+        let talk = call.answered_at.map(|at| now.saturating_duration_since(at));
+        let mut event = self.record_for(number, now, EventKind::Ended);
+        event.reason = Some(reason.to_string());
+        event.duration = talk.or(Some(Duration::ZERO));
+        event.detail = detail;
+        self.emit(event);
+        self.forget_call(number);
+    }
+
+    fn forget_call(&mut self, number: u64) {
+        if let Some(call) = self.calls.remove(&number) {
+            self.dialogs
+                .remove(&Self::dialog_key(&call.sip_call_id, &call.local_tag));
+            self.invite_tx_calls.remove(&call.invite_tx);
+            if let Some(bye) = call.bye_tx {
+                self.bye_tx_calls.remove(&bye);
+            }
+            if let Some(at) = call.answer_at {
+                self.call_timers.remove(&(at, number));
+            }
+            self.ports.put(call.rtp_port);
+            self.outputs.push_back(Output::Media(MediaCommand::Close {
+                call_ref: call.call_ref,
+                rtp_port: call.rtp_port,
+            }));
+        }
+    }
+
+    /// Sends BYE within the call's dialog (RFC 3261 15.1.1) and waits for its transaction.
+    fn send_bye(&mut self, now: Instant, number: u64) {
+        let branch = format!("z9hG4bK{}", self.random_token());
+        let Some(call) = self.calls.get_mut(&number) else {
+            return;
+        };
+        call.local_cseq += 1;
+        call.state = CallState::Terminating;
+        let peer = call.peer;
+        let ip = {
+            let ip = peer.local.ip();
+            if ip.is_unspecified() {
+                self.config.advertised_ip
+            } else {
+                ip
+            }
+        };
+        let host = match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        let mut bye = SipMessage {
+            start: StartLine::Request {
+                method: "BYE".into(),
+                uri: call.remote_target.clone(),
+                version: "SIP/2.0".into(),
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+            problems: Vec::new(),
+        };
+        bye.push_header(
+            "Via",
+            format!(
+                "SIP/2.0/{} {host}:{};branch={branch};rport",
+                peer.transport,
+                peer.local.port()
+            ),
+        );
+        for route in &call.route_set {
+            bye.push_header("Route", route.clone());
+        }
+        bye.push_header("Max-Forwards", "70");
+        bye.push_header("From", call.local_uri.clone());
+        bye.push_header("To", call.remote_uri.clone());
+        bye.push_header("Call-ID", call.sip_call_id.clone());
+        // Our CSeq space is independent of the caller's (RFC 3261 12.2.1.1); start above theirs.
+        let base = CSeq::parse(call.invite.header("CSeq").unwrap_or_default())
+            .map(|c| c.seq)
+            .unwrap_or(0);
+        bye.push_header(
+            "CSeq",
+            format!("{} BYE", base.wrapping_add(call.local_cseq)),
+        );
+        bye.push_header("User-Agent", self.config.server_name.clone());
+        let tx = self.transactions.send_request(now, peer, bye);
+        if let Some(call) = self.calls.get_mut(&number) {
+            call.bye_tx = Some(tx);
+        }
+        self.bye_tx_calls.insert(tx, number);
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let numbers: Vec<u64> = self.calls.keys().copied().collect();
+        for number in numbers {
+            let state = self.calls[&number].state;
+            match state {
+                CallState::Ringing => {
+                    let (tx, peer, invite, tag) = {
+                        let c = &self.calls[&number];
+                        (c.invite_tx, c.peer, c.invite.clone(), c.local_tag.clone())
+                    };
+                    self.respond(
+                        now,
+                        tx,
+                        peer,
+                        &invite,
+                        503,
+                        Some(&tag),
+                        vec![("Retry-After", "30".into())],
+                        None,
+                    );
+                    let mut event = self.record_for(number, now, EventKind::Rejected);
+                    event.status_code = Some(503);
+                    event.reason = Some("shutting_down".into());
+                    self.emit(event);
+                    self.forget_call(number);
+                }
+                CallState::Answered | CallState::Confirmed => {
+                    let invite_tx = self.calls[&number].invite_tx;
+                    self.transactions.ack_received(invite_tx);
+                    self.record_end_and_bye(now, number, "shutdown");
+                }
+                CallState::Terminating => {}
+            }
+        }
+    }
+
+    /// Records the end of a call we hang up, then sends BYE; the call is forgotten when the
+    /// BYE transaction finishes (or times out).
+    fn record_end_and_bye(&mut self, now: Instant, number: u64, reason: &str) {
+        let Some(call) = self.calls.get(&number) else {
+            return;
+        };
+        let talk = call.answered_at.map(|at| now.saturating_duration_since(at));
+        let mut event = self.record_for(number, now, EventKind::Ended);
+        event.reason = Some(reason.to_string());
+        event.duration = talk.or(Some(Duration::ZERO));
+        self.emit(event);
+        self.send_bye(now, number);
+    }
+
+    fn drain_transactions(&mut self, now: Instant) {
+        while let Some(output) = self.transactions.poll_output() {
+            match output {
+                TxOutput::Transmit { to, bytes } => {
+                    self.outputs.push_back(Output::Transmit { to, bytes })
+                }
+                TxOutput::ServerTerminated { id, ack_missing } => {
+                    if let Some(key) = self.tx_merge_keys.remove(&id) {
+                        if self.merge_keys.get(&key) == Some(&id) {
+                            self.merge_keys.remove(&key);
+                        }
+                    }
+                    let number = self.invite_tx_calls.get(&id).copied();
+                    if let Some(number) = number {
+                        let state = self.calls.get(&number).map(|c| c.state);
+                        if ack_missing && state == Some(CallState::Answered) {
+                            // 64*T1 without an ACK for our 2xx: RFC 3261 13.3.1.4 says end it with BYE.
+                            let mut failed = self.record_for(number, now, EventKind::Failed);
+                            failed.reason = Some("ack_timeout".into());
+                            self.emit(failed);
+                            tracing::warn!(call = %self.calls[&number].call_ref, "no ACK for 200 OK within 64*T1; sending BYE");
+                            self.record_end_and_bye(now, number, "ack_timeout");
+                        }
+                        if let Some(call) = self.calls.get(&number) {
+                            if call.invite_tx == id {
+                                self.invite_tx_calls.remove(&id);
+                            }
+                        }
+                    }
+                }
+                TxOutput::ClientResponse { id, status, .. } => {
+                    if status >= 200 {
+                        if let Some(number) = self.bye_tx_calls.remove(&id) {
+                            self.forget_call(number);
+                        }
+                    }
+                }
+                TxOutput::ClientTimeout { id } => {
+                    if let Some(number) = self.bye_tx_calls.remove(&id) {
+                        let mut failed = self.record_for(number, now, EventKind::Failed);
+                        failed.reason = Some("bye_timeout".into());
+                        self.emit(failed);
+                        self.forget_call(number);
+                    }
+                }
+                TxOutput::ClientTerminated { .. } => {}
+            }
+        }
+    }
+}
+
+/// Request-level checks of RFC 3261 section 8.2 that come before any method handling.
+fn validate(request: &SipMessage, method: &str) -> Result<(), Reject> {
+    let bad = |reason: String| Reject { code: 400, reason };
+    if let Some(problem) = request.problems.first() {
+        return Err(bad(problem.clone()));
+    }
+    if let StartLine::Request { version, .. } = &request.start {
+        if version != "SIP/2.0" {
+            if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+                return Err(Reject {
+                    code: 505,
+                    reason: format!("version {version}"),
+                });
+            }
+            return Err(bad(format!("bad version {version:?}")));
+        }
+    }
+    for via in request.header_values("Via") {
+        Via::parse(via).map_err(bad)?;
+    }
+    for name in [
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Max-Forwards",
+        "Content-Type",
+        "Content-Length",
+    ] {
+        if request.header_count(name) > 1 {
+            return Err(bad(format!("more than one {name}")));
+        }
+    }
+    let from = request
+        .header("From")
+        .ok_or_else(|| bad("no From".into()))?;
+    NameAddr::parse(from).map_err(|e| bad(format!("From: {e}")))?;
+    let to = request.header("To").ok_or_else(|| bad("no To".into()))?;
+    NameAddr::parse(to).map_err(|e| bad(format!("To: {e}")))?;
+    let call_id = request.header("Call-ID").unwrap_or_default();
+    if call_id.is_empty() || call_id.chars().any(char::is_whitespace) {
+        return Err(bad("bad Call-ID".into()));
+    }
+    let cseq = request
+        .header("CSeq")
+        .ok_or_else(|| bad("no CSeq".into()))?;
+    let cseq = CSeq::parse(cseq).map_err(bad)?;
+    if cseq.method != method {
+        return Err(bad(format!(
+            "CSeq method {} does not match {method}",
+            cseq.method
+        )));
+    }
+    if let Some(mf) = request.header("Max-Forwards") {
+        if mf.is_empty() || !mf.bytes().all(|b| b.is_ascii_digit()) || mf.parse::<u8>().is_err() {
+            return Err(bad("bad Max-Forwards".into()));
+        }
+    }
+    let uri = request.request_uri().unwrap_or_default();
+    if uri.starts_with('<') || uri.ends_with('>') {
+        return Err(bad("Request-URI in angle brackets".into()));
+    }
+    match uri_scheme(uri).as_deref() {
+        None => return Err(bad("Request-URI has no scheme".into())),
+        Some("sip") | Some("sips") => {
+            SipUri::parse(uri).map_err(|e| bad(format!("Request-URI: {e}")))?;
+        }
+        Some(_) => {
+            return Err(Reject {
+                code: 416,
+                reason: "unsupported URI scheme".into(),
+            })
+        }
+    }
+    if method == "ACK" || method == "CANCEL" {
+        return Ok(());
+    }
+    if request.header("Max-Forwards") == Some("0") && method != "OPTIONS" {
+        return Err(Reject {
+            code: 483,
+            reason: "Max-Forwards is 0".into(),
+        });
+    }
+    let required: Vec<&str> = request
+        .header_values("Require")
+        .into_iter()
+        .filter(|tag| !tag.is_empty())
+        .collect();
+    if !required.is_empty() {
+        return Err(Reject {
+            code: 420,
+            reason: format!("unsupported extension {}", required.join(", ")),
+        });
+    }
+    Ok(())
+}
+
+/// Via, From, To, Call-ID and CSeq are present and usable: a response can be built and routed.
+fn has_routing_headers(request: &SipMessage) -> bool {
+    let via_ok = request
+        .header_values("Via")
+        .first()
+        .is_some_and(|v| Via::parse(v).is_ok());
+    via_ok && has_minimal_headers(request)
+}
+
+fn has_minimal_headers(request: &SipMessage) -> bool {
+    ["Via", "From", "To", "Call-ID", "CSeq"]
+        .iter()
+        .all(|h| request.header(h).is_some())
+}
+
+enum BodyProblem {
+    UnsupportedType,
+    Unparseable(String),
+}
+
+/// The SDP offer of an INVITE, from an `application/sdp` body or an SDP part of a multipart body.
+fn sdp_offer(request: &SipMessage) -> Result<Option<sdp::SessionDescription>, BodyProblem> {
+    if request.body.is_empty() {
+        return Ok(None);
+    }
+    if let Some(encoding) = request.header("Content-Encoding") {
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(BodyProblem::UnsupportedType);
+        }
+    }
+    let content_type = request.header("Content-Type").unwrap_or_default();
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let sdp_bytes: Vec<u8> = if media_type == "application/sdp" {
+        request.body.clone()
+    } else if media_type.starts_with("multipart/") {
+        multipart_sdp(content_type, &request.body).ok_or(BodyProblem::UnsupportedType)?
+    } else {
+        return Err(BodyProblem::UnsupportedType);
+    };
+    sdp::parse(&sdp_bytes)
+        .map(Some)
+        .map_err(|e| BodyProblem::Unparseable(e.to_string()))
+}
+
+/// Finds the `application/sdp` part of a multipart body (RFC 2046 boundaries, RFC 5621).
+fn multipart_sdp(content_type: &str, body: &[u8]) -> Option<Vec<u8>> {
+    let boundary = content_type.split(';').skip(1).find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_string())
+    })?;
+    let delimiter = format!("--{boundary}");
+    let text = body;
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(at) = find(rest, delimiter.as_bytes()) {
+        parts.push(&rest[..at]);
+        rest = &rest[at + delimiter.len()..];
+    }
+    for part in parts.into_iter().skip(1) {
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let (head_end, body_start) = crate::sip::message::find_header_end(part)
+            .or_else(|| part.starts_with(b"\r\n").then_some((0, 2)))?;
+        let head = String::from_utf8_lossy(&part[..head_end]).to_ascii_lowercase();
+        let is_sdp = head.lines().any(|l| {
+            l.starts_with("content-type:")
+                && l["content-type:".len()..]
+                    .trim()
+                    .starts_with("application/sdp")
+        });
+        if is_sdp {
+            let mut content = part[body_start..].to_vec();
+            if content.ends_with(b"\r\n") {
+                content.truncate(content.len() - 2);
+            }
+            return Some(content);
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A reason phrase must be printable text on one line.
+fn sanitize_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(80)
+        .collect()
+}

@@ -1,0 +1,96 @@
+//! Call events: the append-only record every metric is derived from. The engine creates them
+//! with engine-clock instants; the runtime stamps wall-clock time and the store commits them.
+
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An initial INVITE arrived and a call reference was assigned.
+    Received,
+    /// We answered with 200 OK; `duration` is the time from INVITE to answer.
+    Answered,
+    /// We refused the call (4xx/5xx); `status_code` and `reason` say why.
+    Rejected,
+    /// The caller cancelled before we answered (487 sent).
+    Cancelled,
+    /// The call ended; `reason` says who hung up, `duration` is the talk time since answer.
+    Ended,
+    /// Something went wrong on an established call (no ACK, BYE unanswered).
+    Failed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Received => "received",
+            EventKind::Answered => "answered",
+            EventKind::Rejected => "rejected",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Ended => "ended",
+            EventKind::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Received,
+            EventKind::Answered,
+            EventKind::Rejected,
+            EventKind::Cancelled,
+            EventKind::Ended,
+            EventKind::Failed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One event as the engine decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallEvent {
+    pub at: Instant,
+    /// Our reference for the call, unique across restarts (`<instance>-<n>`).
+    pub call_ref: String,
+    pub sip_call_id: String,
+    pub kind: EventKind,
+    pub status_code: Option<u16>,
+    pub reason: Option<String>,
+    pub duration: Option<Duration>,
+    /// The caller's user part (a phone number). Stored, never logged at info level.
+    pub caller: Option<String>,
+    /// Extra facts as a JSON object.
+    pub detail: Option<String>,
+}
+
+/// A caller number safe for logs: only the last two digits stay visible.
+pub fn mask_caller(number: &str) -> String {
+    let visible: String = number
+        .chars()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("***{visible}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_masking() {
+        for k in [
+            "received",
+            "answered",
+            "rejected",
+            "cancelled",
+            "ended",
+            "failed",
+        ] {
+            assert_eq!(EventKind::parse(k).unwrap().as_str(), k);
+        }
+        assert_eq!(mask_caller("+15551234567"), "***67");
+    }
+}

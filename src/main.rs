@@ -1,0 +1,106 @@
+//! The `civicline` binary: parses the command line, loads the configuration and hands over to
+//! `runtime`. Nothing else lives here.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use civicline::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "civicline",
+    version,
+    about = "Voice IVR and queue routing for a city's 311 line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer calls: SIP over UDP and TCP, HTTP /healthz, events to the database.
+    Serve {
+        /// TOML configuration; every key has a default, so this is optional.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `store.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the newest call events from the event log.
+    Events {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only this call reference.
+        #[arg(long)]
+        call: Option<String>,
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        last: i64,
+    },
+}
+
+fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut cfg = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = data_dir {
+        cfg.store.data_dir = dir;
+    }
+    Ok(cfg)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve { config, data_dir } => {
+            let cfg = load(config, data_dir)?;
+            runtime.block_on(civicline::runtime::run(cfg, shutdown_signal()))
+        }
+        Command::Events {
+            config,
+            data_dir,
+            call,
+            last,
+        } => {
+            let cfg = load(config, data_dir)?;
+            runtime.block_on(async {
+                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
+                for row in store.events(call.as_deref(), last).await? {
+                    println!("{}", serde_json::to_string(&row)?);
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

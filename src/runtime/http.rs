@@ -1,0 +1,74 @@
+//! The HTTP endpoint (axum). For now `/healthz`: liveness plus the numbers an operator checks
+//! first (active calls, event-log backlog, store errors). Later issues add the API under /api/v1.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::HealthState;
+
+pub fn router(state: HealthState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HealthState,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "HTTP server failed");
+    }
+}
+
+async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
+    let engine = state.engine.lock().map(|s| s.clone()).unwrap_or_default();
+    let log = state.log.health();
+    // Degraded, not down: calls are still answered while the store retries.
+    let status = if log.last_error.is_some() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let t = &state.transport;
+    let body = json!({
+        "status": status,
+        "calls_active": engine.calls_active,
+        "calls_total": engine.calls_total,
+        "free_rtp_ports": state.free_rtp_ports.load(Ordering::Relaxed),
+        "sip": {
+            "messages": engine.messages,
+            "unparseable": engine.unparseable,
+            "stray_responses": engine.stray_responses,
+            "responses_sent": engine.responses_sent,
+            "udp_dropped_overload": t.udp_dropped_overload.load(Ordering::Relaxed),
+            "udp_oversized": t.udp_oversized.load(Ordering::Relaxed),
+            "tcp_rejected_limit": t.tcp_rejected_limit.load(Ordering::Relaxed),
+            "tcp_closed_invalid": t.tcp_closed_invalid.load(Ordering::Relaxed),
+            "tcp_closed_timeout": t.tcp_closed_timeout.load(Ordering::Relaxed),
+        },
+        "event_log": {
+            "backend": state.store_backend,
+            "submitted": log.submitted,
+            "committed": log.committed,
+            "backlog": log.backlog(),
+            "failed_attempts": log.failed_attempts,
+            "last_error": log.last_error,
+        },
+    });
+    (StatusCode::OK, Json(body))
+}

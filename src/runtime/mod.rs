@@ -1,0 +1,310 @@
+//! The tokio runtime around the engine: sockets, the RTP port pool, the clock, the event log and
+//! the HTTP endpoint. It moves bytes and time into the engine and carries out what comes back;
+//! it decides nothing. `start` binds everything and returns a [`Server`]; `run` adds the signal
+//! handling the binary needs. This is the only module that reads the clock.
+
+pub mod event_log;
+pub mod http;
+pub mod rtp;
+pub mod store;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineStats, Input, Output, PortPool};
+use crate::events::CallEvent;
+use event_log::{EventLog, EventLogConfig};
+use store::{Store, StoredEvent};
+
+/// Maps engine instants to wall-clock time: one anchor taken at start.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    start: std::time::Instant,
+    start_unix_ms: i64,
+}
+
+impl WallClock {
+    pub fn now() -> WallClock {
+        WallClock {
+            start: tokio::time::Instant::now().into_std(),
+            start_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        }
+    }
+
+    pub fn unix_ms(&self, at: std::time::Instant) -> i64 {
+        if at >= self.start {
+            self.start_unix_ms + (at - self.start).as_millis() as i64
+        } else {
+            self.start_unix_ms - (self.start - at).as_millis() as i64
+        }
+    }
+}
+
+pub fn stored_event(clock: &WallClock, event: &CallEvent) -> StoredEvent {
+    StoredEvent {
+        occurred_at_ms: clock.unix_ms(event.at),
+        call_ref: event.call_ref.clone(),
+        sip_call_id: event.sip_call_id.clone(),
+        kind: event.kind.as_str().to_string(),
+        status_code: event.status_code.map(i32::from),
+        reason: event.reason.clone(),
+        duration_ms: event.duration.map(|d| d.as_millis() as i64),
+        caller: event.caller.clone(),
+        detail: event.detail.clone(),
+    }
+}
+
+/// What `/healthz` shows, refreshed by the engine task.
+#[derive(Clone)]
+pub struct HealthState {
+    pub engine: Arc<Mutex<EngineStats>>,
+    pub free_rtp_ports: Arc<std::sync::atomic::AtomicUsize>,
+    pub log: EventLog,
+    pub transport: Arc<transport::TransportStats>,
+    pub store_backend: &'static str,
+}
+
+/// A running server. Addresses are the real bound ones (port 0 in the config picks free ports).
+pub struct Server {
+    pub sip_udp: Vec<SocketAddr>,
+    pub sip_tcp: Vec<SocketAddr>,
+    pub http: SocketAddr,
+    pub rtp_ports: Vec<u16>,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    engine_task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Asks the server to stop: calls in progress get BYE, then the log is flushed.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for the server to finish after `shutdown`.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.engine_task.await.context("engine task panicked")?
+    }
+}
+
+/// Binds every socket, opens the store, and starts the engine task.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let url = config.database_url();
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("opening the event store at {}", redact_url(&url)))?;
+    let listeners = transport::Listeners::bind(&config.sip.udp, &config.sip.tcp).await?;
+    let sip_udp = listeners
+        .udp
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let sip_tcp = listeners
+        .tcp
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let rtp = rtp::RtpPool::bind(&config.media)?;
+    let rtp_ports = rtp.ports();
+    tracing::info!(ports = rtp_ports.len(), "RTP ports bound in advance");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (inbound_tx, inbound_rx) = mpsc::channel::<Input>(16_384);
+    let senders = transport::start(
+        listeners,
+        transport::TcpLimits {
+            max_connections: config.sip.max_tcp_connections,
+            message_timeout: Duration::from_millis(config.sip.tcp_message_timeout_ms),
+            idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_s),
+        },
+        inbound_tx,
+        shutdown_rx.clone(),
+    );
+
+    let (log, log_task) = EventLog::spawn(
+        store.clone(),
+        EventLogConfig {
+            max_batch: config.store.max_batch.max(1),
+            fallback_dir: config.store.data_dir.clone(),
+            ..EventLogConfig::default()
+        },
+    );
+    let instance = format!("{:08x}", rand::random::<u32>());
+    let engine = Engine::new(
+        config.engine_config(instance),
+        PortPool::new(rtp_ports.iter().copied()),
+        rand::random(),
+    );
+    let health = HealthState {
+        engine: Arc::new(Mutex::new(engine.stats())),
+        free_rtp_ports: Arc::new(std::sync::atomic::AtomicUsize::new(engine.free_rtp_ports())),
+        log: log.clone(),
+        transport: senders.stats.clone(),
+        store_backend: store.backend(),
+    };
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP {}", config.http.listen))?;
+    let http = http_listener.local_addr()?;
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        health.clone(),
+        shutdown_rx.clone(),
+    ));
+
+    let grace = Duration::from_millis(config.sip.shutdown_grace_ms);
+    let engine_task = tokio::spawn(async move {
+        let closer = log.clone();
+        let result = engine_loop(
+            engine,
+            inbound_rx,
+            senders,
+            log,
+            health,
+            shutdown_rx,
+            grace,
+            rtp,
+        )
+        .await;
+        // The engine has stopped, so nothing appends any more: commit the rest and stop the writer.
+        closer.close();
+        let logged = log_task.join().await;
+        // An HTTP client holding a keep-alive connection must not keep the process up.
+        let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+        result?;
+        logged.context("event log")?;
+        Ok(())
+    });
+    tracing::info!(udp = ?sip_udp, tcp = ?sip_tcp, %http, "civicline listening");
+    Ok(Server {
+        sip_udp,
+        sip_tcp,
+        http,
+        rtp_ports,
+        store,
+        shutdown: shutdown_tx,
+        engine_task,
+    })
+}
+
+/// Runs until `shutdown` completes, then stops gracefully.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down: hanging up calls and flushing the event log");
+    server.shutdown();
+    server.wait().await
+}
+
+fn redact_url(url: &str) -> String {
+    // Never print a password from a postgres:// URL.
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn engine_loop(
+    mut engine: Engine,
+    mut inbound: mpsc::Receiver<Input>,
+    senders: transport::Senders,
+    log: EventLog,
+    health: HealthState,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    mut rtp: rtp::RtpPool,
+) -> anyhow::Result<()> {
+    let clock = WallClock::now();
+    let now = || tokio::time::Instant::now().into_std();
+    let mut stopping_until: Option<tokio::time::Instant> = None;
+    let mut last_health = tokio::time::Instant::now();
+    loop {
+        let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s), if stopping_until.is_none() => {
+                engine.handle_input(now(), Input::Shutdown);
+                stopping_until = Some(tokio::time::Instant::now() + grace);
+            }
+            input = inbound.recv(), if stopping_until.is_none() || !engine.is_drained() => {
+                match input {
+                    Some(input) => {
+                        engine.handle_input(now(), input);
+                        // Take what else is queued without another trip through select.
+                        for _ in 0..256 {
+                            match inbound.try_recv() {
+                                Ok(more) => engine.handle_input(now(), more),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        if stopping_until.is_none() {
+                            engine.handle_input(now(), Input::Shutdown);
+                            stopping_until = Some(tokio::time::Instant::now() + grace);
+                        }
+                    }
+                }
+            }
+            _ = sleep_until_opt(timeout) => engine.handle_timeout(now()),
+            _ = sleep_until_opt(stopping_until) => {
+                tracing::warn!("shutdown grace period over with calls still hanging up");
+                break;
+            }
+        }
+        while let Some(output) = engine.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => senders.send(to, bytes),
+                Output::Record(event) => {
+                    log.append(stored_event(&clock, &event));
+                }
+                Output::Media(command) => rtp.apply(&command),
+            }
+        }
+        if last_health.elapsed() >= Duration::from_millis(100) || stopping_until.is_some() {
+            last_health = tokio::time::Instant::now();
+            if let Ok(mut stats) = health.engine.lock() {
+                *stats = engine.stats();
+            }
+            health.free_rtp_ports.store(
+                engine.free_rtp_ports(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        if stopping_until.is_some() && engine.is_drained() {
+            break;
+        }
+    }
+    log.flush_with_timeout(grace).await;
+    Ok(())
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl EventLog {
+    /// Waits for the backlog to commit, but not forever: a failing store is handled at close.
+    pub async fn flush_with_timeout(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.flush()).await;
+    }
+}

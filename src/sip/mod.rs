@@ -1,0 +1,11 @@
+//! SIP, layered as pjsip layers it: message syntax and typed headers, transport addressing and
+//! stream framing, transactions (RFC 3261 section 17), responses and routing (18.2.2), and SDP
+//! offer/answer. All pure; the UAS dialog and call logic that uses them lives in `engine`.
+
+pub mod framing;
+pub mod headers;
+pub mod message;
+pub mod response;
+pub mod sdp;
+pub mod transaction;
+pub mod transport;
