@@ -373,14 +373,25 @@ impl Engine {
 
     fn handle_request(&mut self, now: Instant, peer: Peer, request: SipMessage) {
         let method = request.method().unwrap_or_default().to_string();
+        // An unknown SIP version is answered before anything else: even its Via may not parse.
+        if let StartLine::Request { version, .. } = &request.start {
+            let other_sip = version != "SIP/2.0"
+                && version.len() > 4
+                && version[..4].eq_ignore_ascii_case("SIP/");
+            if other_sip {
+                self.send_stateless(peer, &request, 505, &[]);
+                return;
+            }
+        }
         // Without a parseable top Via there is no transaction to match; answer statelessly.
         let top_via = request
             .header_values("Via")
             .first()
             .and_then(|v| Via::parse(v).ok());
-        let routable = has_routing_headers(&request);
-        let Some(top_via) = top_via.filter(|_| routable) else {
-            if routable || self.config.symmetric_responses && has_minimal_headers(&request) {
+        let Some(top_via) = top_via else {
+            // RFC 4475 3.3.1: answer what we can with 400. With symmetric responses the source
+            // address routes it; strictly by Via, an unparseable Via leaves nowhere to send it.
+            if self.config.symmetric_responses && request.header("Via").is_some() {
                 self.send_stateless(peer, &request, 400, &[]);
             } else {
                 tracing::debug!(from = %peer.remote, "dropping request with no routable Via");
@@ -412,6 +423,7 @@ impl Engine {
                     let tag = self.random_token();
                     let extra = match reject.code {
                         405 | 501 => vec![("Allow", ALLOWED_METHODS.to_string())],
+                        420 => vec![("Unsupported", reject.reason.clone())],
                         _ => Vec::new(),
                     };
                     let mut response = build_response(
@@ -644,6 +656,17 @@ impl Engine {
                 503,
                 "shutting_down",
                 vec![("Retry-After", "30".into())],
+            );
+            return;
+        }
+        if !accepts_sdp(&request) {
+            // Our 200 must carry SDP; a caller that will not accept it gets 406 (RFC 4475 3.3.15).
+            reject(
+                self,
+                received,
+                406,
+                "sdp_not_accepted",
+                vec![("Accept", "application/sdp".into())],
             );
             return;
         }
@@ -1213,27 +1236,27 @@ fn validate(request: &SipMessage, method: &str) -> Result<(), Reject> {
         .filter(|tag| !tag.is_empty())
         .collect();
     if !required.is_empty() {
+        // The reason carries the tags: they become the Unsupported header (RFC 3261 8.2.2.3).
         return Err(Reject {
             code: 420,
-            reason: format!("unsupported extension {}", required.join(", ")),
+            reason: required.join(", "),
         });
     }
     Ok(())
 }
 
-/// Via, From, To, Call-ID and CSeq are present and usable: a response can be built and routed.
-fn has_routing_headers(request: &SipMessage) -> bool {
-    let via_ok = request
-        .header_values("Via")
-        .first()
-        .is_some_and(|v| Via::parse(v).is_ok());
-    via_ok && has_minimal_headers(request)
-}
-
-fn has_minimal_headers(request: &SipMessage) -> bool {
-    ["Via", "From", "To", "Call-ID", "CSeq"]
-        .iter()
-        .all(|h| request.header(h).is_some())
+/// Whether an `Accept` header (if any) lets us answer with SDP (RFC 3261 8.2.3).
+fn accepts_sdp(request: &SipMessage) -> bool {
+    let accepted = request.header_values("Accept");
+    if request.header("Accept").is_none() {
+        return true;
+    }
+    accepted.iter().any(|value| {
+        let media = value.split(';').next().unwrap_or_default().trim();
+        media.eq_ignore_ascii_case("application/sdp")
+            || media.eq_ignore_ascii_case("application/*")
+            || media == "*/*"
+    }) || accepted.is_empty()
 }
 
 enum BodyProblem {

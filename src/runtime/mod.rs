@@ -234,6 +234,9 @@ async fn engine_loop(
     let now = || tokio::time::Instant::now().into_std();
     let mut stopping_until: Option<tokio::time::Instant> = None;
     let mut last_health = tokio::time::Instant::now();
+    // Once every socket task has stopped the channel reports closed; stop polling it then, or a
+    // biased select would spin on it and starve the grace timer.
+    let mut inbound_open = true;
     loop {
         let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -242,7 +245,7 @@ async fn engine_loop(
                 engine.handle_input(now(), Input::Shutdown);
                 stopping_until = Some(tokio::time::Instant::now() + grace);
             }
-            input = inbound.recv(), if stopping_until.is_none() || !engine.is_drained() => {
+            input = inbound.recv(), if inbound_open => {
                 match input {
                     Some(input) => {
                         engine.handle_input(now(), input);
@@ -255,6 +258,7 @@ async fn engine_loop(
                         }
                     }
                     None => {
+                        inbound_open = false;
                         if stopping_until.is_none() {
                             engine.handle_input(now(), Input::Shutdown);
                             stopping_until = Some(tokio::time::Instant::now() + grace);

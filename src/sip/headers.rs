@@ -308,7 +308,9 @@ impl CSeq {
         // RFC 3261 8.1.1.5: the sequence number must be expressible as a 32-bit unsigned integer.
         let seq = number
             .parse::<u32>()
-            .map_err(|_| "CSeq number out of range".to_string())?;
+            .ok()
+            .filter(|n| *n < 1 << 31)
+            .ok_or_else(|| "CSeq number out of range".to_string())?;
         Ok(CSeq {
             seq,
             method: method.to_string(),
@@ -342,12 +344,18 @@ impl SipUri {
             return Err(format!("not a sip URI: {scheme}"));
         }
         let rest = &uri[scheme.len() + 1..];
-        let rest = rest.split(['?']).next().unwrap_or_default();
-        let (userinfo, hostport) = match rest.rfind('@') {
-            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
-            None => (None, rest),
+        // The user part may hold `;`, `?` and `:` (RFC 4475 3.1.1.2), the host part cannot hold
+        // `@`: split at the last `@` before any header part, then cut parameters off the host.
+        let before_headers = match (rest.rfind('@'), rest.find('?')) {
+            (Some(at), Some(q)) if q < at => rest,
+            (_, Some(q)) => &rest[..q],
+            (_, None) => rest,
         };
-        let hostport = hostport.split(';').next().unwrap_or_default();
+        let (userinfo, hostport) = match before_headers.rfind('@') {
+            Some(at) => (Some(&before_headers[..at]), &before_headers[at + 1..]),
+            None => (None, before_headers),
+        };
+        let hostport = hostport.split([';', '?']).next().unwrap_or_default();
         let (host, port) = parse_host_port(hostport).ok_or("bad host in URI")?;
         let user = userinfo.map(|u| u.split(':').next().unwrap_or_default().to_string());
         if user.as_deref() == Some("") {

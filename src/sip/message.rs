@@ -172,7 +172,8 @@ impl SipMessage {
         let lines = unfold_lines(head);
         let mut lines = lines.into_iter();
         let start_line = lines.next().ok_or(ParseError::Empty)?;
-        let start = parse_start_line(&start_line)?;
+        let (start, start_problem) = parse_start_line(&start_line)?;
+        problems.extend(start_problem);
 
         let mut headers = Vec::new();
         for line in lines {
@@ -374,7 +375,7 @@ fn unfold_lines(head: &str) -> Vec<String> {
     lines
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
+fn parse_start_line(line: &str) -> Result<(StartLine, Option<String>), ParseError> {
     let bad = |why: &str| ParseError::StartLine(format!("{why}: {:?}", truncate(line, 80)));
     if line.len() > 4 && line[..4].eq_ignore_ascii_case("SIP/") {
         let mut parts = line.splitn(3, ' ');
@@ -389,30 +390,37 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         if !(100..=699).contains(&code) {
             return Err(bad("status code out of range"));
         }
-        return Ok(StartLine::Response {
-            version: version.to_string(),
-            code,
-            reason: parts.next().unwrap_or_default().to_string(),
-        });
-    }
-    // Request-Line = Method SP Request-URI SP SIP-Version: exactly single spaces (RFC 3261 25.1).
-    let parts: Vec<&str> = line.split(' ').collect();
-    if parts.len() != 3 {
-        return Err(bad(
-            "request line is not `METHOD URI VERSION` separated by single spaces",
+        return Ok((
+            StartLine::Response {
+                version: version.to_string(),
+                code,
+                reason: parts.next().unwrap_or_default().to_string(),
+            },
+            None,
         ));
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version with single spaces (RFC 3261 25.1).
+    // Extra white space is a problem to answer with 400, not a reason to drop the message.
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    if parts.len() < 3 {
+        return Err(bad("request line is not `METHOD URI VERSION`"));
     }
     if !is_token(parts[0]) {
         return Err(bad("method is not a token"));
     }
-    if parts[1].is_empty() || parts[2].is_empty() {
-        return Err(bad("empty request-URI or version"));
-    }
-    Ok(StartLine::Request {
-        method: parts[0].to_string(),
-        uri: parts[1].to_string(),
-        version: parts[2].to_string(),
-    })
+    let method = parts[0];
+    let version = parts[parts.len() - 1];
+    let uri = parts[1..parts.len() - 1].join(" ");
+    let exact = format!("{method} {uri} {version}");
+    let problem = (exact != line).then(|| "extra white space in the request line".to_string());
+    Ok((
+        StartLine::Request {
+            method: method.to_string(),
+            uri,
+            version: version.to_string(),
+        },
+        problem,
+    ))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -517,7 +525,10 @@ l: 4\r\n\r\nbodyEXTRA";
         assert_eq!(r.status(), Some(180));
         assert!(SipMessage::parse(b"SIP/2.0 4294967301 Huge\r\n\r\n").is_err());
         assert!(SipMessage::parse(b"\r\n\r\n").is_err());
-        assert!(SipMessage::parse(b"INVITE  sip:a@b SIP/2.0\r\n\r\n").is_err());
+        let spaced = SipMessage::parse(b"INVITE  sip:a@b SIP/2.0 \r\n\r\n").unwrap();
+        assert_eq!(spaced.request_uri(), Some("sip:a@b"));
+        assert_eq!(spaced.problems.len(), 1);
+        assert!(SipMessage::parse(b"INVITE sip:a@b\r\n\r\n").is_err());
         for cut in 0..INVITE.len() {
             let _ = SipMessage::parse(&INVITE.as_bytes()[..cut]);
         }

@@ -1,0 +1,179 @@
+//! Test support shared by the integration tests: an in-process server on free loopback ports
+//! with its own data directory, and a small UDP SIP client that waits for replies with a deadline.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use civicline::config::Config;
+use civicline::runtime::{self, Server};
+use civicline::sip::message::SipMessage;
+use tokio::net::UdpSocket;
+
+pub struct TestServer {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for tests: loopback, port 0 everywhere, a fresh SQLite file.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.sip.udp = vec!["127.0.0.1:0".parse().unwrap()];
+    config.sip.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+    config.sip.answer_delay_ms = 0;
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.media.rtp_port_min = 0;
+    config.media.rtp_ports = 32;
+    config.store.data_dir = dir.to_path_buf();
+    config.sip.shutdown_grace_ms = 500;
+    config
+}
+
+pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    edit(&mut config);
+    let server = runtime::start(config).await.expect("server starts");
+    TestServer { server, dir }
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+impl TestServer {
+    pub fn udp(&self) -> SocketAddr {
+        self.server.sip_udp[0]
+    }
+    pub fn tcp(&self) -> SocketAddr {
+        self.server.sip_tcp[0]
+    }
+}
+
+/// Where the shared RFC torture messages are (beside the checkout, or `CIVICLINE_CONFORMANCE_DIR`).
+pub fn conformance_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CIVICLINE_CONFORMANCE_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance")
+}
+
+pub struct Client {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl Client {
+    pub async fn new(server: SocketAddr) -> Client {
+        let bind = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        Client {
+            socket: UdpSocket::bind(bind).await.unwrap(),
+            server,
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub async fn send(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.server).await.unwrap();
+    }
+
+    /// The next message, or None when nothing arrives within `wait`.
+    pub async fn recv(&self, wait: Duration) -> Option<SipMessage> {
+        let mut buffer = vec![0u8; 65_536];
+        match tokio::time::timeout(wait, self.socket.recv_from(&mut buffer)).await {
+            Ok(Ok((len, _))) => {
+                Some(SipMessage::parse(&buffer[..len]).expect("server sent parseable SIP"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Receives until a message satisfies `done`; returns everything received before it too.
+    pub async fn recv_until(
+        &self,
+        wait: Duration,
+        mut done: impl FnMut(&SipMessage) -> bool,
+    ) -> (Vec<SipMessage>, Option<SipMessage>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(m) if done(&m) => return (before, Some(m)),
+                Some(m) => before.push(m),
+                None => return (before, None),
+            }
+        }
+    }
+}
+
+pub fn branch_of(message: &SipMessage) -> String {
+    message
+        .header_values("Via")
+        .first()
+        .and_then(|v| civicline::sip::headers::Via::parse(v).ok())
+        .and_then(|v| v.branch().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The host part of a SIP URI for an address (IPv6 in brackets).
+pub fn uri_host(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    }
+}
+
+pub fn options(local: SocketAddr, branch: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:311@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=p{branch}\r\nTo: <sip:311@{host}>\r\n\
+Call-ID: {branch}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        host = uri_host(local),
+    )
+    .into_bytes()
+}
+
+pub const PCMU_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n";
+
+pub fn invite(local: SocketAddr, call_id: &str, branch: &str, sdp: &str) -> Vec<u8> {
+    let host = uri_host(local);
+    format!(
+        "INVITE sip:311@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: \"Resident\" <sip:5551234567@{host}>;tag=f{call_id}\r\nTo: <sip:311@{host}>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:5551234567@{local}>\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+/// An ACK or BYE in the dialog a 200 OK established.
+pub fn in_dialog(
+    local: SocketAddr,
+    ok: &SipMessage,
+    method: &str,
+    cseq: u32,
+    branch: &str,
+) -> Vec<u8> {
+    format!(
+        "{method} sip:311@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        host = uri_host(local),
+        from = ok.header("From").unwrap(),
+        to = ok.header("To").unwrap(),
+        call_id = ok.header("Call-ID").unwrap(),
+    )
+    .into_bytes()
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
