@@ -20,6 +20,9 @@ What it does, all on 127.0.0.1 only:
 
 3. Prints a Markdown block (environment, exact command line, tables) for BENCHMARKS.md.
 
+Exit status: 0 when everything ran, 1 on an error or when the server had to be killed because it
+did not exit after SIGTERM, 130 when interrupted.
+
 Every child process has a timeout; SIPp and the server are killed and the temporary directory is
 removed on exit, on error and on Ctrl-C (``--keep-temp`` keeps it, with SIPp's logs).
 
@@ -29,7 +32,7 @@ While waiting on it this script sends a SIP OPTIONS to the server every poll to 
 loop run (it is answered 200 and creates no call).
 
 Usage:
-    benches/sip_load.py --quick            # ~1 minute sanity run
+    benches/sip_load.py --quick            # ~30 s sanity run
     benches/sip_load.py                    # full run: 100..1000 calls/s, 10 s per step, N = 5000
     benches/sip_load.py --rates 200,400 --step-seconds 5 --hold 2000
 """
@@ -345,10 +348,11 @@ class Server:
         except (BlockingIOError, OSError):
             pass
 
-    def wait_for(self, predicate, timeout, what):
+    def wait_for(self, predicate, timeout, what, progress=None):
         """Polls /healthz (nudging the engine) until predicate(health) or timeout.
 
-        Returns (health, reached)."""
+        Returns (last health that answered, reached). progress(health or None) is called on
+        every poll."""
         deadline = time.monotonic() + timeout
         last = None
         while True:
@@ -360,10 +364,17 @@ class Server:
             self.nudge()
             time.sleep(0.15)
             try:
-                last = self.health()
+                current = self.health()
             except (OSError, ValueError):
-                last = None
-            if last is not None and predicate(last):
+                current = None
+            if current is not None:
+                self.health_failures = 0
+                last = current
+            else:
+                self.health_failures = getattr(self, "health_failures", 0) + 1
+            if progress is not None:
+                progress(current)
+            if current is not None and predicate(current):
                 return last, True
             if time.monotonic() >= deadline:
                 return last, False
@@ -455,6 +466,7 @@ def start_sipp(argv, files, args):
     return proc
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SIPP_ERR_ENTRY = re.compile(r"(?=\d{4}-\d{2}-\d{2}\t\d{2}:\d{2}:\d{2}\.\d+\t\d+\.\d+: )")
 
 
@@ -666,8 +678,25 @@ def hold_phase(args, workdir):
         t0 = time.monotonic()
         proc = start_sipp(argv, files, args)
         reach_timeout = min(args.hold_ms / 1000 * 0.8, establish_s * 3 + 20)
+        next_report = [t0 + 1.0]
+
+        def progress(h):
+            now = time.monotonic()
+            if now < next_report[0]:
+                return
+            next_report[0] = now + 2.0
+            mem = read_proc_status(server.pid) or {}
+            if h is None:
+                log(f"    t={now - t0:5.1f}s  /healthz did not answer; RSS {fmt(mem.get('VmRSS'))} KiB")
+                return
+            log(
+                f"    t={now - t0:5.1f}s  calls_active {h['calls_active']}  calls_total {h['calls_total']}  "
+                f"responses {h['sip']['responses_sent']}  udp_dropped {h['sip']['udp_dropped_overload']}  "
+                f"RSS {fmt(mem.get('VmRSS'))} KiB"
+            )
+
         health, reached = server.wait_for(lambda h: h["calls_active"] >= n, reach_timeout,
-                                          f"calls_active == {n}")
+                                          f"calls_active == {n}", progress)
         result["establish_s"] = time.monotonic() - t0
         result["reached"] = reached
         # Let allocations settle (answer timers, store writes) before reading memory.
@@ -682,6 +711,7 @@ def hold_phase(args, workdir):
             result["kib_per_dialog"] = (held["VmRSS"] - before["VmRSS"]) / active
         if not reached:
             result["errors"] = error_excerpt(files)
+            result["health_last"] = health
         if proc.poll() is not None:
             result["sipp_exited_early"] = proc.returncode
     finally:
@@ -697,14 +727,18 @@ def hold_phase(args, workdir):
                 f"server stopped with SIGTERM: exit {code} after {secs:.2f} s"
                 f"{' (did NOT exit, SIGKILL needed)' if killed else ''}"
             )
-        result["server_log_tail"] = tail(server.log_path, 5)
+        result["server_log_tail"] = _ANSI.sub("", tail(server.log_path, 8))
     log(
         f"  RSS before {fmt(result.get('rss_before_kib'))} KiB, held {fmt(result.get('rss_held_kib'))} KiB "
         f"with calls_active={fmt(result.get('calls_active'))} (reached {n}: {result.get('reached')}, "
         f"after {fmt(result.get('establish_s'))} s) -> {fmt(result.get('kib_per_dialog'), 2)} KiB/dialog"
     )
     if result.get("errors"):
-        log("  SIPp error log (last lines):")
+        log(f"  last /healthz that answered: {json.dumps(result.get('health_last'))}")
+        log("  server log (last lines):")
+        for line in result["server_log_tail"].rstrip().splitlines():
+            log("    " + line)
+        log("  SIPp error log:")
         for line in result["errors"].rstrip().splitlines():
             log("    " + line)
     return result
@@ -721,7 +755,8 @@ def markdown(args, steps, load_final, hold, started):
     lines.append(f"- Date: {started.isoformat(timespec='seconds')}")
     lines.append(f"- Machine: `{platform.machine()}`, nproc {os.cpu_count()}, CPU: {cpu_model()}")
     lines.append(f"- Kernel: {platform.release()}; {sipp_version(args.sipp)}; civicline {git_rev()}")
-    lines.append(f"- Command: `{shlex.join([sys.argv[0]] + sys.argv[1:])}`")
+    command = os.environ.get("CIVICLINE_BENCH_COMMAND") or shlex.join([sys.argv[0]] + sys.argv[1:])
+    lines.append(f"- Command: `{command}`")
     lines.append(
         f"- SIPp `uac` scenario over one UDP socket (`-t u1`), answer_delay_ms = 0, "
         f"{args.step_seconds} s per step, client and server on the same host"

@@ -81,6 +81,7 @@ pub struct Server {
     pub http: SocketAddr,
     pub rtp_ports: Vec<u16>,
     pub store: Store,
+    log: EventLog,
     shutdown: watch::Sender<bool>,
     engine_task: JoinHandle<anyhow::Result<()>>,
 }
@@ -89,6 +90,16 @@ impl Server {
     /// Asks the server to stop: calls in progress get BYE, then the log is flushed.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every event recorded so far is committed to the store.
+    pub async fn flush_events(&self) {
+        self.log.flush().await;
+    }
+
+    /// Event log counters (submitted, committed, failures).
+    pub fn log_health(&self) -> event_log::LogHealth {
+        self.log.health()
     }
 
     /// Waits for the server to finish after `shutdown`.
@@ -163,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     ));
 
     let grace = Duration::from_millis(config.sip.shutdown_grace_ms);
+    let server_log = log.clone();
     let engine_task = tokio::spawn(async move {
         let closer = log.clone();
         let result = engine_loop(
@@ -192,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         http,
         rtp_ports,
         store,
+        log: server_log,
         shutdown: shutdown_tx,
         engine_task,
     })

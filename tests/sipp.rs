@@ -1,0 +1,178 @@
+//! SIPp (Debian `sip-tester`) as a real caller over 127.0.0.1 against an in-process server:
+//! 200 sequential calls INVITE/200/ACK/BYE/200, CANCEL before answer (200 + 487), a G.729-only
+//! offer (488), calls over TCP; and every one of them must be in the event log.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+
+use civicline::runtime::store::EventRow;
+
+fn sipp_available() {
+    let found = Command::new("sipp").arg("-v").output().is_ok();
+    assert!(
+        found,
+        "sipp not found: install Debian's sip-tester (scripts/test does)"
+    );
+}
+
+/// Runs sipp to completion (bounded by `-timeout`), returning its exit status and output.
+async fn sipp(target: SocketAddr, args: &[&str]) -> (i32, String) {
+    sipp_available();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("sipp");
+    command
+        .current_dir(dir.path())
+        .arg(target.to_string())
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-nostdin",
+            "-timeout",
+            "120s",
+            "-timeout_error",
+            "-trace_err",
+        ])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("sipp runs"))
+        .await
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&output.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    // Keep sipp's error log in the failure message: it says what went wrong on the wire.
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().ends_with("_errors.log") {
+            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn scenario(name: &str) -> String {
+    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn all_events(server: &common::TestServer) -> Vec<EventRow> {
+    server.server.flush_events().await;
+    server.server.store.events(None, 1_000_000).await.unwrap()
+}
+
+fn kinds_per_call(events: &[EventRow]) -> BTreeMap<String, Vec<String>> {
+    let mut per_call: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in events {
+        per_call
+            .entry(row.event.call_ref.clone())
+            .or_default()
+            .push(row.event.kind.clone());
+    }
+    per_call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_sequential_calls_all_succeed_and_are_logged() {
+    let server = common::start().await;
+    let (status, output) = sipp(
+        server.udp(),
+        &["-sn", "uac", "-m", "200", "-l", "1", "-r", "100"],
+    )
+    .await;
+    assert_eq!(status, 0, "sipp reported failed calls:\n{output}");
+    server.server.shutdown();
+    let store = server.server.store.clone();
+    server.server.wait().await.unwrap();
+    let events = store.events(None, 1_000_000).await.unwrap();
+    let per_call = kinds_per_call(&events);
+    assert_eq!(per_call.len(), 200, "one call reference per call");
+    for (call, kinds) in &per_call {
+        assert_eq!(kinds, &["received", "answered", "ended"], "call {call}");
+    }
+    let sip_ids: BTreeSet<&str> = events
+        .iter()
+        .map(|r| r.event.sip_call_id.as_str())
+        .collect();
+    assert_eq!(sip_ids.len(), 200);
+    assert!(events
+        .iter()
+        .filter(|r| r.event.kind == "ended")
+        .all(
+            |r| r.event.reason.as_deref() == Some("caller_hangup") && r.event.duration_ms.is_some()
+        ));
+    // Times are wall-clock milliseconds, in log order.
+    assert!(events
+        .windows(2)
+        .all(|w| w[0].event.occurred_at_ms <= w[1].event.occurred_at_ms));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_answer_gets_200_and_487() {
+    let server = common::start_with(|c| c.sip.answer_delay_ms = 3_000).await;
+    let (status, output) = sipp(
+        server.udp(),
+        &["-sf", &scenario("cancel.xml"), "-m", "5", "-l", "1"],
+    )
+    .await;
+    assert_eq!(status, 0, "{output}");
+    let events = all_events(&server).await;
+    let per_call = kinds_per_call(&events);
+    assert_eq!(per_call.len(), 5);
+    for kinds in per_call.values() {
+        assert_eq!(kinds, &["received", "cancelled"]);
+    }
+    assert!(events
+        .iter()
+        .filter(|r| r.event.kind == "cancelled")
+        .all(|r| r.event.status_code == Some(487)));
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g729_only_offer_gets_488() {
+    let server = common::start().await;
+    let (status, output) = sipp(
+        server.udp(),
+        &["-sf", &scenario("g729.xml"), "-m", "5", "-l", "1"],
+    )
+    .await;
+    assert_eq!(status, 0, "{output}");
+    let events = all_events(&server).await;
+    let per_call = kinds_per_call(&events);
+    assert_eq!(per_call.len(), 5);
+    for kinds in per_call.values() {
+        assert_eq!(kinds, &["received", "rejected"]);
+    }
+    assert!(events
+        .iter()
+        .filter(|r| r.event.kind == "rejected")
+        .all(|r| r.event.status_code == Some(488)
+            && r.event
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("no_common_codec")));
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_tcp() {
+    let server = common::start().await;
+    let (status, output) = sipp(
+        server.tcp(),
+        &["-sn", "uac", "-t", "t1", "-m", "50", "-l", "5", "-r", "50"],
+    )
+    .await;
+    assert_eq!(status, 0, "{output}");
+    server.server.shutdown();
+    let store = server.server.store.clone();
+    server.server.wait().await.unwrap();
+    let per_call = kinds_per_call(&store.events(None, 10_000).await.unwrap());
+    assert_eq!(per_call.len(), 50);
+    assert!(per_call
+        .values()
+        .all(|k| k == &["received", "answered", "ended"]));
+}

@@ -1,0 +1,242 @@
+//! The event store and its writer, against SQLite and PostgreSQL alike (the same test bodies
+//! run on both), plus the writer's failure handling with a sink that fails on purpose.
+//!
+//! PostgreSQL comes from `CIVICLINE_TEST_POSTGRES_URL` (scripts/test starts a local server and
+//! sets it); each test creates its own database so tests never see each other's rows.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use civicline::runtime::event_log::{EventLog, EventLogConfig, EventLogError, EventSink};
+use civicline::runtime::store::{Store, StoreError, StoredEvent};
+use sqlx::Connection;
+
+fn event(n: usize, call: &str, kind: &str) -> StoredEvent {
+    StoredEvent {
+        occurred_at_ms: 1_790_000_000_000 + n as i64,
+        call_ref: call.to_string(),
+        sip_call_id: format!("{call}@test"),
+        kind: kind.to_string(),
+        status_code: (kind == "rejected").then_some(488),
+        reason: (kind == "ended").then(|| "caller_hangup".to_string()),
+        duration_ms: Some(n as i64),
+        caller: Some("5551234567".into()),
+        detail: Some("{\"codec\":\"Pcmu\"}".into()),
+    }
+}
+
+/// A fresh, empty database URL for one test.
+async fn database_url(backend: &str) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        "sqlite" => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("events.db").display()
+            );
+            (url, Some(dir))
+        }
+        _ => {
+            let admin = std::env::var("CIVICLINE_TEST_POSTGRES_URL").expect(
+                "CIVICLINE_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
+            );
+            let name = format!("civicline_test_{:016x}", rand::random::<u64>());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL reachable");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let base = admin.rsplit_once('/').unwrap().0;
+            (format!("{base}/{name}"), None)
+        }
+    }
+}
+
+async fn append_and_read_back_in_order(backend: &str) {
+    let (url, _dir) = database_url(backend).await;
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.backend(), backend);
+    let batch = vec![
+        event(1, "c-1", "received"),
+        event(2, "c-2", "received"),
+        event(3, "c-1", "ended"),
+    ];
+    store.append(&batch).await.unwrap();
+    let all = store.events(None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.event.clone()).collect::<Vec<_>>(),
+        batch
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let one = store.events(Some("c-1"), 100).await.unwrap();
+    assert_eq!(one.len(), 2);
+    assert_eq!(one[1].event.reason.as_deref(), Some("caller_hangup"));
+    // `limit` keeps the newest, still returned oldest first.
+    let newest = store.events(None, 2).await.unwrap();
+    assert_eq!(
+        newest
+            .iter()
+            .map(|r| r.event.occurred_at_ms)
+            .collect::<Vec<_>>(),
+        vec![1_790_000_000_002, 1_790_000_000_003]
+    );
+    assert_eq!(
+        store.count_by_kind().await.unwrap(),
+        vec![("ended".to_string(), 1), ("received".to_string(), 2)]
+    );
+    // Hostile text is data, never SQL.
+    store
+        .append(&[event(4, "x'); DROP TABLE call_events; --", "received")])
+        .await
+        .unwrap();
+    assert_eq!(store.events(None, 100).await.unwrap().len(), 4);
+    store.close().await;
+}
+
+async fn a_restart_loses_nothing(backend: &str) {
+    let (url, _dir) = database_url(backend).await;
+    let store = Store::connect(&url).await.unwrap();
+    let batch: Vec<StoredEvent> = (0..1200)
+        .map(|n| event(n, &format!("c-{}", n / 3), "received"))
+        .collect();
+    store.append(&batch).await.unwrap();
+    store.close().await;
+    // Connecting again re-runs migrations (a no-op) and finds every row.
+    let again = Store::connect(&url).await.unwrap();
+    let rows = again.events(None, 10_000).await.unwrap();
+    assert_eq!(rows.len(), 1200);
+    assert_eq!(rows.last().unwrap().event, batch[1199]);
+    again.close().await;
+}
+
+async fn writer_commits_everything_it_acknowledges(backend: &str) {
+    let (url, _dir) = database_url(backend).await;
+    let store = Store::connect(&url).await.unwrap();
+    let (log, task) = EventLog::spawn(
+        store.clone(),
+        EventLogConfig {
+            max_batch: 64,
+            ..EventLogConfig::default()
+        },
+    );
+    let mut last = 0;
+    for n in 0..500 {
+        last = log.append(event(n, &format!("c-{n}"), "received"));
+    }
+    log.committed(last).await;
+    // Acknowledged means committed: the rows are readable now, before the writer stops.
+    assert_eq!(store.events(None, 10_000).await.unwrap().len(), 500);
+    let health = log.health();
+    assert_eq!(
+        (health.submitted, health.committed, health.failed_attempts),
+        (500, 500, 0)
+    );
+    log.close();
+    task.join().await.unwrap();
+    store.close().await;
+}
+
+macro_rules! both_backends {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name("sqlite").await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name("postgres").await })*
+        }
+    };
+}
+
+both_backends!(
+    append_and_read_back_in_order,
+    a_restart_loses_nothing,
+    writer_commits_everything_it_acknowledges
+);
+
+/// A sink that fails its first `failures` appends, then keeps what it is given.
+#[derive(Clone, Default)]
+struct FlakySink {
+    failures: Arc<AtomicUsize>,
+    kept: Arc<Mutex<Vec<StoredEvent>>>,
+}
+
+impl EventSink for FlakySink {
+    async fn append(&self, batch: &[StoredEvent]) -> Result<(), StoreError> {
+        if self.failures.load(Ordering::SeqCst) > 0 {
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::UnsupportedUrl("simulated outage".into()));
+        }
+        self.kept.lock().unwrap().extend_from_slice(batch);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_keeps_events_in_order_and_reports_degraded() {
+    let sink = FlakySink::default();
+    sink.failures.store(5, Ordering::SeqCst);
+    let (log, task) = EventLog::spawn(sink.clone(), EventLogConfig::default());
+    let first = log.append(event(0, "a", "received"));
+    // Let the writer fail a few times (paused clock: the backoff sleeps advance instantly).
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let health = log.health();
+    assert!(health.failed_attempts >= 2, "{health:?}");
+    assert_eq!(health.committed, 0);
+    assert!(health
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("simulated outage"));
+    for n in 1..10 {
+        log.append(event(n, "a", "received"));
+    }
+    log.committed(first).await;
+    log.flush().await;
+    let kept = sink.kept.lock().unwrap().clone();
+    assert_eq!(
+        kept.iter().map(|e| e.occurred_at_ms).collect::<Vec<_>>(),
+        (0..10).map(|n| 1_790_000_000_000 + n).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log.health().last_error,
+        None,
+        "healthy again after a commit"
+    );
+    log.close();
+    task.join().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_still_down_at_close_saves_events_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FlakySink::default();
+    sink.failures.store(usize::MAX, Ordering::SeqCst);
+    let (log, task) = EventLog::spawn(
+        sink,
+        EventLogConfig {
+            fallback_dir: dir.path().to_path_buf(),
+            close_deadline: Duration::from_secs(2),
+            ..EventLogConfig::default()
+        },
+    );
+    for n in 0..7 {
+        log.append(event(n, "b", "received"));
+    }
+    log.close();
+    match task.join().await {
+        Err(EventLogError::SavedToFile { count, path, .. }) => {
+            assert_eq!(count, 7);
+            let lines: Vec<StoredEvent> = std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), 7);
+            assert_eq!(lines[6], event(6, "b", "received"));
+        }
+        other => panic!("expected the events saved to a file, got {other:?}"),
+    }
+}
