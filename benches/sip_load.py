@@ -754,7 +754,13 @@ def markdown(args, steps, load_final, hold, started):
     lines.append("")
     lines.append(f"- Date: {started.isoformat(timespec='seconds')}")
     lines.append(f"- Machine: `{platform.machine()}`, nproc {os.cpu_count()}, CPU: {cpu_model()}")
-    lines.append(f"- Kernel: {platform.release()}; {sipp_version(args.sipp)}; civicline {git_rev()}")
+    try:
+        built = datetime.datetime.fromtimestamp(os.path.getmtime(args.binary)).astimezone()
+        built = built.isoformat(timespec="seconds")
+    except OSError:
+        built = "unknown"
+    lines.append(f"- Kernel: {platform.release()}; {sipp_version(args.sipp)}; "
+                 f"civicline checkout {git_rev()}, binary built {built}")
     command = os.environ.get("CIVICLINE_BENCH_COMMAND") or shlex.join([sys.argv[0]] + sys.argv[1:])
     lines.append(f"- Command: `{command}`")
     lines.append(

@@ -25,7 +25,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub sip: SipConfig,
@@ -131,17 +131,6 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("data"),
             database_url: String::new(),
             max_batch: 512,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sip: SipConfig::default(),
-            media: MediaConfig::default(),
-            http: HttpConfig::default(),
-            store: StoreConfig::default(),
         }
     }
 }

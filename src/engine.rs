@@ -415,11 +415,11 @@ impl Engine {
             if method == "ACK" {
                 return;
             }
-            match self
+            if let RequestDisposition::New(tx) = self
                 .transactions
                 .receive_request(now, &request, &top_via, reply_to)
             {
-                RequestDisposition::New(tx) => {
+                {
                     let tag = self.random_token();
                     let extra = match reject.code {
                         405 | 501 => vec![("Allow", ALLOWED_METHODS.to_string())],
@@ -449,7 +449,6 @@ impl Engine {
                         Bytes::from(response.to_bytes()),
                     );
                 }
-                _ => {}
             }
             return;
         }

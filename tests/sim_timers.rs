@@ -242,7 +242,7 @@ fn rejected_invite_retransmits_488_until_ack_then_timer_i_frees_it() {
     feed(&mut engine, t0, caller, &request);
     let (sent, events) = drain(&mut engine);
     assert_eq!(
-        sent.iter().filter_map(|(_, m)| m.status()).last(),
+        sent.iter().filter_map(|(_, m)| m.status()).next_back(),
         Some(488)
     );
     assert_eq!(events.last().unwrap().kind, EventKind::Rejected);
@@ -381,25 +381,22 @@ fn run_lossy_world(seed: u64, calls: usize, loss_percent: u64) -> Result<usize, 
         for (i, caller) in callers.iter_mut().enumerate() {
             while let Some(out) = caller.layer.poll_output() {
                 match out {
-                    TxOutput::Transmit { bytes, .. } => {
-                        if !rng.chance(loss_percent) {
-                            net.push(Packet {
-                                deliver_at: now + latency(&mut rng),
-                                to_server: true,
-                                caller: i,
-                                bytes,
-                            });
-                        }
+                    TxOutput::Transmit { bytes, .. } if !rng.chance(loss_percent) => {
+                        net.push(Packet {
+                            deliver_at: now + latency(&mut rng),
+                            to_server: true,
+                            caller: i,
+                            bytes,
+                        });
                     }
                     TxOutput::ClientResponse {
                         status, response, ..
-                    } if (200..300).contains(&status) && response.method().is_none() => {
-                        if response
+                    } if (200..300).contains(&status)
+                        && response
                             .header("CSeq")
-                            .is_some_and(|c| c.ends_with("INVITE"))
-                        {
-                            queue.push_back((i, *response));
-                        }
+                            .is_some_and(|c| c.ends_with("INVITE")) =>
+                    {
+                        queue.push_back((i, *response));
                     }
                     _ => {}
                 }

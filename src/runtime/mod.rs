@@ -250,6 +250,9 @@ async fn engine_loop(
     // Once every socket task has stopped the channel reports closed; stop polling it then, or a
     // biased select would spin on it and starve the grace timer.
     let mut inbound_open = true;
+    // Publishes the engine's counters even when nothing else wakes the loop.
+    let mut health_tick = tokio::time::interval(Duration::from_millis(250));
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -280,6 +283,7 @@ async fn engine_loop(
                 }
             }
             _ = sleep_until_opt(timeout) => engine.handle_timeout(now()),
+            _ = health_tick.tick() => last_health = tokio::time::Instant::now() - Duration::from_secs(1),
             _ = sleep_until_opt(stopping_until) => {
                 tracing::warn!("shutdown grace period over with calls still hanging up");
                 break;

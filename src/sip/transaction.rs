@@ -448,6 +448,8 @@ impl TransactionLayer {
     pub fn ack_received(&mut self, id: TxId) {
         if let Some(tx) = self.servers.get_mut(&id) {
             tx.ack_seen = true;
+            // Nothing will be resent from Accepted any more; keep only the key until timer L.
+            tx.last_response = None;
         }
         self.stop_timer(id, Timer::Retransmit2xx);
     }
