@@ -26,10 +26,9 @@ did not exit after SIGTERM, 130 when interrupted.
 Every child process has a timeout; SIPp and the server are killed and the temporary directory is
 removed on exit, on error and on Ctrl-C (``--keep-temp`` keeps it, with SIPp's logs).
 
-Note on /healthz: the engine refreshes its /healthz snapshot at most every 100 ms and only when it
-handles an input or timer, so right after traffic stops the snapshot can lag for many seconds.
-While waiting on it this script sends a SIP OPTIONS to the server every poll to make the engine
-loop run (it is answered 200 and creates no call).
+Note on /healthz: the engine publishes its /healthz snapshot every 250 ms. While waiting on it
+this script also sends a SIP OPTIONS each poll (answered 200, creates no call), which was needed
+before that periodic refresh existed and is harmless now.
 
 Usage:
     benches/sip_load.py --quick            # ~30 s sanity run

@@ -30,8 +30,9 @@ fn known_bug(data: &[u8]) -> bool {
     let rest = &data[start..];
     let line = &rest[..rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len())];
     match std::str::from_utf8(line) {
-        Ok(s) => s.len() > 4 && !s.is_char_boundary(4),
-        Err(e) => e.valid_up_to() > 4 && !std::str::from_utf8(&line[..e.valid_up_to()]).unwrap().is_char_boundary(4),
+        Ok(s) => (s.len() > 4 && !s.is_char_boundary(4))
+            || s.split_whitespace().last().is_some_and(|v| v.len() > 4 && !v.is_char_boundary(4)),
+        Err(e) => e.valid_up_to() > 0 && !std::str::from_utf8(&line[..e.valid_up_to()]).unwrap().is_char_boundary(4),
     }
 }
 
