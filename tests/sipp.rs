@@ -176,3 +176,34 @@ async fn calls_over_tcp() {
         .values()
         .all(|k| k == &["received", "answered", "ended"]));
 }
+
+/// baresip (Debian `baresip-core`), headless, calls in through scripts/baresip-call, stays up for
+/// two seconds and hangs up: the call is answered and its talk time recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_call_is_answered_and_logged() {
+    let server = common::start().await;
+    let target = format!("sip:311@{}", server.udp());
+    let script = format!("{}/scripts/baresip-call", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["30", &script, &target, "2"])
+            .output()
+            .expect("baresip-call runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("Call established"), "{text}");
+    let events = all_events(&server).await;
+    let kinds: Vec<&str> = events.iter().map(|r| r.event.kind.as_str()).collect();
+    assert_eq!(kinds, ["received", "answered", "ended"], "{text}");
+    assert_eq!(events[0].event.caller.as_deref(), Some("resident"));
+    let talk = events[2].event.duration_ms.unwrap();
+    assert!(
+        (1_500..10_000).contains(&talk),
+        "talk time {talk} ms for a 2 s call"
+    );
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}
