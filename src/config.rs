@@ -32,6 +32,25 @@ pub struct Config {
     pub media: MediaConfig,
     pub http: HttpConfig,
     pub store: StoreConfig,
+    pub ivr: IvrConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IvrConfig {
+    /// The call flow; an empty path answers calls without an IVR (silent until hang-up).
+    pub flow: PathBuf,
+    /// Folder with `<language>/<id>.wav` and `common/<id>.wav`.
+    pub prompts_dir: PathBuf,
+}
+
+impl Default for IvrConfig {
+    fn default() -> Self {
+        IvrConfig {
+            flow: PathBuf::from("routing-rules/ivr.toml"),
+            prompts_dir: PathBuf::from("prompts"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

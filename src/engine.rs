@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::events::{CallEvent, EventKind};
+use crate::ivr::{Flow, IvrAction, IvrEvent, IvrSession};
 use crate::sip::headers::{uri_scheme, CSeq, NameAddr, SipUri, Via};
 use crate::sip::message::{SipMessage, StartLine};
 use crate::sip::response::{build_response, response_destination};
@@ -22,7 +24,7 @@ use crate::sip::transaction::{RequestDisposition, TimerConfig, TransactionLayer,
 use crate::sip::transport::Peer;
 
 /// Methods we implement; also the `Allow` header value.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
 /// Methods we recognise but do not support yet (405 rather than 501, RFC 3261 8.2.1).
 const KNOWN_UNSUPPORTED: &[&str] = &[
     "REGISTER",
@@ -54,6 +56,8 @@ pub struct EngineConfig {
     pub telephone_event_pt: u8,
     /// Codec preference when the offer allows both.
     pub codecs: Vec<Codec>,
+    /// The IVR flow callers walk after the ACK; `None` leaves answered calls silent.
+    pub flow: Option<Arc<Flow>>,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +71,7 @@ impl Default for EngineConfig {
             instance: "c0".into(),
             telephone_event_pt: 101,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
+            flow: None,
         }
     }
 }
@@ -78,6 +83,23 @@ pub enum Input {
     Sip { peer: Peer, bytes: Bytes },
     /// Stop taking calls and hang up the ones in progress.
     Shutdown,
+    /// Something the media layer observed on a call.
+    Media { call_ref: String, event: MediaEvent },
+}
+
+/// Reports from the runtime's RTP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// Everything queued by `MediaCommand::Play` has been sent.
+    PromptFinished,
+    /// A DTMF key (RFC 4733, in-band, or SIP INFO), reported once per press.
+    Digit(char),
+    /// A capture ended; `path` is the WAV kept in the data directory.
+    RecordingFinished {
+        duration: Duration,
+        path: Option<String>,
+        reason: String,
+    },
 }
 
 /// Media instructions for the runtime's RTP layer.
@@ -94,6 +116,23 @@ pub enum MediaCommand {
     Close {
         call_ref: String,
         rtp_port: u16,
+    },
+    /// Queue prompts for playback, replacing whatever was playing.
+    Play {
+        call_ref: String,
+        prompts: Vec<String>,
+        language: String,
+    },
+    StopPlayback {
+        call_ref: String,
+    },
+    StartCapture {
+        call_ref: String,
+        max: Duration,
+        silence: Duration,
+    },
+    StopCapture {
+        call_ref: String,
     },
 }
 
@@ -152,6 +191,11 @@ struct Call {
     answered_at: Option<Instant>,
     answer_at: Option<Instant>,
     bye_tx: Option<TxId>,
+    ivr: Option<IvrSession>,
+    /// The IVR's pending deadline, mirrored in `call_timers`.
+    ivr_deadline: Option<Instant>,
+    /// Set by the hand-off placeholder: hang up once the busy prompt has played.
+    hangup_after_prompt: Option<&'static str>,
 }
 
 /// RTP ports the runtime bound in advance; reused least-recently-released first so late packets
@@ -185,6 +229,8 @@ pub struct Engine {
     calls: HashMap<u64, Call>,
     /// `Call-ID|local tag` -> call number.
     dialogs: HashMap<String, u64>,
+    /// Call reference -> call number, for media events.
+    call_refs: HashMap<String, u64>,
     invite_tx_calls: HashMap<TxId, u64>,
     bye_tx_calls: HashMap<TxId, u64>,
     /// `From tag|Call-ID|CSeq` of live server transactions, for merged-request detection.
@@ -213,6 +259,7 @@ impl Engine {
             rng: SmallRng::seed_from_u64(seed),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
+            call_refs: HashMap::new(),
             invite_tx_calls: HashMap::new(),
             bye_tx_calls: HashMap::new(),
             merge_keys: HashMap::new(),
@@ -263,6 +310,7 @@ impl Engine {
         match input {
             Input::Sip { peer, bytes } => self.handle_sip(now, peer, &bytes),
             Input::Shutdown => self.shutdown(now),
+            Input::Media { call_ref, event } => self.handle_media(now, &call_ref, event),
         }
         self.drain_transactions(now);
     }
@@ -275,12 +323,17 @@ impl Engine {
                 break;
             }
             self.call_timers.pop_first();
-            let due = self
-                .calls
-                .get(&number)
-                .is_some_and(|c| c.state == CallState::Ringing && c.answer_at == Some(at));
-            if due {
+            let Some(call) = self.calls.get_mut(&number) else {
+                continue;
+            };
+            if call.state == CallState::Ringing && call.answer_at == Some(at) {
                 self.answer(now, number);
+            } else if call.ivr_deadline == Some(at) {
+                call.ivr_deadline = None;
+                if let (Some(flow), Some(ivr)) = (self.config.flow.clone(), call.ivr.as_mut()) {
+                    let actions = ivr.handle_timeout(&flow, now);
+                    self.apply_ivr(now, number, actions);
+                }
             }
         }
         self.drain_transactions(now);
@@ -522,6 +575,7 @@ impl Engine {
             "INVITE" => self.handle_invite(now, tx, peer, reply_to, request),
             "BYE" => self.handle_bye(now, tx, peer, &request),
             "CANCEL" => self.handle_cancel(now, tx, peer, &request),
+            "INFO" => self.handle_info(now, tx, peer, &request),
             m if KNOWN_UNSUPPORTED.iter().any(|k| k.eq_ignore_ascii_case(m)) => {
                 let extra = vec![("Allow", ALLOWED_METHODS.to_string())];
                 self.respond(now, tx, peer, &request, 405, Some(&tag), extra, None);
@@ -769,10 +823,14 @@ impl Engine {
             answered_at: None,
             answer_at: Some(answer_at),
             bye_tx: None,
+            ivr: None,
+            ivr_deadline: None,
+            hangup_after_prompt: None,
         };
         self.emit(received);
         self.dialogs
             .insert(Self::dialog_key(&sip_call_id, &local_tag), number);
+        self.call_refs.insert(call.call_ref.clone(), number);
         self.invite_tx_calls.insert(tx, number);
         self.calls.insert(number, call);
         let invite = self.calls[&number].invite.clone();
@@ -881,7 +939,161 @@ impl Engine {
             }
         }
         self.transactions.ack_received(tx);
-        let _ = now;
+        // DESIGN.md: on ACK the IVR starts.
+        if let Some(flow) = self.config.flow.clone() {
+            let (session, actions) = IvrSession::start(&flow, now);
+            if let Some(call) = self.calls.get_mut(&number) {
+                call.ivr = Some(session);
+            }
+            self.apply_ivr(now, number, actions);
+        }
+    }
+
+    /// Media reports: prompt done, a digit, a finished recording.
+    fn handle_media(&mut self, now: Instant, call_ref: &str, event: MediaEvent) {
+        let Some(&number) = self.call_refs.get(call_ref) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&number) else {
+            return;
+        };
+        if call.state != CallState::Confirmed {
+            return;
+        }
+        let ivr_event = match event {
+            MediaEvent::PromptFinished => {
+                if let Some(reason) = call.hangup_after_prompt {
+                    self.record_end_and_bye(now, number, reason);
+                    return;
+                }
+                IvrEvent::PromptFinished
+            }
+            MediaEvent::Digit(digit) => {
+                let mut event = self.record_for(number, now, EventKind::Digit);
+                event.detail = Some(format!("{{\"digit\":\"{digit}\"}}"));
+                self.emit(event);
+                IvrEvent::Digit(digit)
+            }
+            MediaEvent::RecordingFinished {
+                duration,
+                path,
+                reason,
+            } => {
+                let mut event = self.record_for(number, now, EventKind::Recording);
+                event.duration = Some(duration);
+                event.reason = Some(reason);
+                event.detail = path.map(|p| format!("{{\"path\":{}}}", json_string(&p)));
+                self.emit(event);
+                IvrEvent::RecordingFinished { duration }
+            }
+        };
+        let Some(flow) = self.config.flow.clone() else {
+            return;
+        };
+        let Some(ivr) = self.calls.get_mut(&number).and_then(|c| c.ivr.as_mut()) else {
+            return;
+        };
+        let actions = ivr.handle(&flow, now, ivr_event);
+        self.apply_ivr(now, number, actions);
+    }
+
+    /// Turns IVR actions into media commands, events and call control.
+    fn apply_ivr(&mut self, now: Instant, number: u64, actions: Vec<IvrAction>) {
+        let Some(call_ref) = self.calls.get(&number).map(|c| c.call_ref.clone()) else {
+            return;
+        };
+        for action in actions {
+            match action {
+                IvrAction::Play { prompts, language } => {
+                    self.outputs.push_back(Output::Media(MediaCommand::Play {
+                        call_ref: call_ref.clone(),
+                        prompts,
+                        language,
+                    }));
+                }
+                IvrAction::StopPlayback => {
+                    self.outputs
+                        .push_back(Output::Media(MediaCommand::StopPlayback {
+                            call_ref: call_ref.clone(),
+                        }))
+                }
+                IvrAction::StartCapture { max, silence } => {
+                    self.outputs
+                        .push_back(Output::Media(MediaCommand::StartCapture {
+                            call_ref: call_ref.clone(),
+                            max,
+                            silence,
+                        }))
+                }
+                IvrAction::StopCapture => {
+                    self.outputs
+                        .push_back(Output::Media(MediaCommand::StopCapture {
+                            call_ref: call_ref.clone(),
+                        }))
+                }
+                IvrAction::Entered { step } => {
+                    let mut event = self.record_for(number, now, EventKind::IvrStep);
+                    event.reason = Some(step);
+                    self.emit(event);
+                }
+                IvrAction::DigitsCollected { step, digits } => {
+                    let mut event = self.record_for(number, now, EventKind::IvrStep);
+                    event.reason = Some(format!("{step}:collected"));
+                    event.detail = Some(format!("{{\"digits\":{}}}", json_string(&digits)));
+                    self.emit(event);
+                }
+                IvrAction::HandOff { queue } => {
+                    self.handoff_placeholder_busy_then_hangup(now, number, &queue)
+                }
+                IvrAction::Hangup => {
+                    // Hang up once the last prompt has played.
+                    if let Some(call) = self.calls.get_mut(&number) {
+                        call.hangup_after_prompt = Some("ivr_hangup");
+                    }
+                }
+            }
+        }
+        // Mirror the IVR's deadline into the engine's timer set.
+        let deadline = self
+            .calls
+            .get(&number)
+            .and_then(|c| c.ivr.as_ref())
+            .and_then(|i| i.poll_timeout());
+        if let Some(call) = self.calls.get_mut(&number) {
+            if call.ivr_deadline != deadline {
+                if let Some(old) = call.ivr_deadline.take() {
+                    self.call_timers.remove(&(old, number));
+                }
+                if let Some(at) = deadline {
+                    call.ivr_deadline = Some(at);
+                    self.call_timers.insert((at, number));
+                }
+            }
+        }
+    }
+
+    /// PLACEHOLDER until the queue issue lands: there are no agents or queues yet, so a hand-off
+    /// records where the caller would have gone, plays "all our agents are busy" and hangs up.
+    fn handoff_placeholder_busy_then_hangup(&mut self, now: Instant, number: u64, queue: &str) {
+        let mut event = self.record_for(number, now, EventKind::HandOff);
+        event.reason = Some("no_queues_yet".into());
+        event.detail = Some(format!("{{\"queue\":{}}}", json_string(queue)));
+        self.emit(event);
+        let Some(call) = self.calls.get_mut(&number) else {
+            return;
+        };
+        call.hangup_after_prompt = Some("handoff_placeholder");
+        let language = call
+            .ivr
+            .as_ref()
+            .map(|i| i.language.clone())
+            .unwrap_or_else(|| "en".into());
+        let call_ref = call.call_ref.clone();
+        self.outputs.push_back(Output::Media(MediaCommand::Play {
+            call_ref,
+            prompts: vec!["all_agents_busy".into()],
+            language,
+        }));
     }
 
     fn handle_bye(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {
@@ -899,6 +1111,43 @@ impl Engine {
             self.transactions.ack_received(invite_tx);
         }
         self.end_call(now, number, "caller_hangup", None);
+    }
+
+    /// SIP INFO inside a call: `application/dtmf-relay` (`Signal=5`) carries a key press.
+    fn handle_info(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {
+        let Some(number) = self.find_dialog(request) else {
+            let tag = self.random_token();
+            self.respond(now, tx, peer, request, 481, Some(&tag), Vec::new(), None);
+            return;
+        };
+        let tag = self.calls[&number].local_tag.clone();
+        let content_type = request
+            .header("Content-Type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let digit = if content_type.starts_with("application/dtmf-relay") {
+            dtmf_relay_digit(&request.body)
+        } else {
+            None
+        };
+        if request.body.is_empty() || content_type.starts_with("application/dtmf-relay") {
+            self.respond(now, tx, peer, request, 200, Some(&tag), Vec::new(), None);
+        } else {
+            self.respond(
+                now,
+                tx,
+                peer,
+                request,
+                415,
+                Some(&tag),
+                vec![("Accept", "application/dtmf-relay".into())],
+                None,
+            );
+        }
+        if let Some(digit) = digit {
+            let call_ref = self.calls[&number].call_ref.clone();
+            self.handle_media(now, &call_ref, MediaEvent::Digit(digit));
+        }
     }
 
     fn handle_cancel(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {
@@ -971,6 +1220,10 @@ impl Engine {
             if let Some(at) = call.answer_at {
                 self.call_timers.remove(&(at, number));
             }
+            if let Some(at) = call.ivr_deadline {
+                self.call_timers.remove(&(at, number));
+            }
+            self.call_refs.remove(&call.call_ref);
             self.ports.put(call.rtp_port);
             self.outputs.push_back(Output::Media(MediaCommand::Close {
                 call_ref: call.call_ref,
@@ -1328,6 +1581,27 @@ fn multipart_sdp(content_type: &str, body: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// The key in an `application/dtmf-relay` body (`Signal=5\r\nDuration=160`).
+fn dtmf_relay_digit(body: &[u8]) -> Option<char> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("signal") {
+            return None;
+        }
+        let value = value.trim();
+        let mut chars = value.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if "0123456789*#ABCDabcd".contains(c) => Some(c.to_ascii_uppercase()),
+            _ => match value {
+                "10" => Some('*'),
+                "11" => Some('#'),
+                _ => None,
+            },
+        }
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -17,6 +17,14 @@ pub enum EventKind {
     Ended,
     /// Something went wrong on an established call (no ACK, BYE unanswered).
     Failed,
+    /// The caller entered an IVR step (`reason` = step id) or finished collecting digits.
+    IvrStep,
+    /// The caller pressed a key (`detail.digit`).
+    Digit,
+    /// A recording of the caller ended (`duration`, `detail.path`, `reason` why it stopped).
+    Recording,
+    /// The caller was handed to a queue (`detail.queue`).
+    HandOff,
 }
 
 impl EventKind {
@@ -28,6 +36,10 @@ impl EventKind {
             EventKind::Cancelled => "cancelled",
             EventKind::Ended => "ended",
             EventKind::Failed => "failed",
+            EventKind::IvrStep => "ivr_step",
+            EventKind::Digit => "digit",
+            EventKind::Recording => "recording",
+            EventKind::HandOff => "handoff",
         }
     }
 
@@ -39,6 +51,10 @@ impl EventKind {
             EventKind::Cancelled,
             EventKind::Ended,
             EventKind::Failed,
+            EventKind::IvrStep,
+            EventKind::Digit,
+            EventKind::Recording,
+            EventKind::HandOff,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

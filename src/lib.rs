@@ -25,5 +25,6 @@
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod ivr;
 pub mod runtime;
 pub mod sip;

@@ -5,6 +5,7 @@
 
 pub mod event_log;
 pub mod http;
+pub mod prompts;
 pub mod rtp;
 pub mod store;
 pub mod transport;
@@ -125,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .iter()
         .map(|s| s.local_addr())
         .collect::<Result<Vec<_>, _>>()?;
+    let (flow, prompts) = load_ivr(&config)?;
     let rtp = rtp::RtpPool::bind(&config.media)?;
     let rtp_ports = rtp.ports();
     tracing::info!(ports = rtp_ports.len(), "RTP ports bound in advance");
@@ -151,8 +153,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         },
     );
     let instance = format!("{:08x}", rand::random::<u32>());
+    let mut engine_config = config.engine_config(instance);
+    engine_config.flow = flow;
+    let _ = &prompts;
     let engine = Engine::new(
-        config.engine_config(instance),
+        engine_config,
         PortPool::new(rtp_ports.iter().copied()),
         rand::random(),
     );
@@ -208,6 +213,32 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shutdown: shutdown_tx,
         engine_task,
     })
+}
+
+/// Loads and checks the IVR flow and every prompt it names; any fault stops start-up with the
+/// file, line and reason (a flow is never half-loaded).
+fn load_ivr(
+    config: &Config,
+) -> anyhow::Result<(Option<Arc<crate::ivr::Flow>>, prompts::PromptStore)> {
+    if config.ivr.flow.as_os_str().is_empty() {
+        return Ok((None, prompts::PromptStore::default()));
+    }
+    let dir = &config.ivr.prompts_dir;
+    // Languages come from the flow, but the flow's prompt check needs the store: read the
+    // language list first with a permissive check, then validate for real.
+    let probe = crate::ivr::Flow::load(&config.ivr.flow, &|_| true)?;
+    let store = prompts::PromptStore::load(dir, &probe.languages)?;
+    let languages = probe.languages.clone();
+    let exists = |id: &str| languages.iter().all(|l| store.contains(l, id));
+    let flow = crate::ivr::Flow::load(&config.ivr.flow, &exists)?;
+    // Prompts the engine plays itself, outside any flow step.
+    store.require(dir, &flow.languages, &["all_agents_busy"])?;
+    tracing::info!(
+        steps = flow.steps.len(),
+        prompts = store.len(),
+        "IVR flow and prompts loaded"
+    );
+    Ok((Some(Arc::new(flow)), store))
 }
 
 /// Runs until `shutdown` completes, then stops gracefully.

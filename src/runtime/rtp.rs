@@ -78,6 +78,8 @@ impl RtpPool {
                     self.open_calls = self.open_calls.saturating_sub(1);
                 }
             }
+            // Playback and capture need the RTP media path, which is not wired in yet.
+            other => tracing::debug!(?other, "media command without a media path yet"),
         }
     }
 }

@@ -27,6 +27,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.media.rtp_ports = 32;
     config.store.data_dir = dir.to_path_buf();
     config.sip.shutdown_grace_ms = 500;
+    // SIP-level tests run without the IVR; tests/ivr_calls.rs turns it on.
+    config.ivr.flow = std::path::PathBuf::new();
     config
 }
 

@@ -1,0 +1,258 @@
+//! The default 311 flow (routing-rules/ivr.toml, bundled prompts) driven through the real engine
+//! on a fake clock: a caller answers the language menu by SIP INFO, walks the main menu with
+//! keys reported by the media layer, records a problem, lets the confirmation time out twice,
+//! and is handed off (to the placeholder that plays "all agents busy" and hangs up). Every step
+//! is in the event log. Also: a flow or prompt fault stops start-up with file, line and reason.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use civicline::engine::{Engine, EngineConfig, Input, MediaCommand, MediaEvent, Output, PortPool};
+use civicline::events::{CallEvent, EventKind};
+use civicline::ivr::{prompt_exists_in, Flow};
+use civicline::sip::message::SipMessage;
+use civicline::sip::transport::Peer;
+
+fn flow() -> Arc<Flow> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exists = prompt_exists_in(&root.join("prompts"), &["en", "es"]);
+    Arc::new(
+        Flow::load(&root.join("routing-rules/ivr.toml"), &exists)
+            .expect("the bundled flow is valid"),
+    )
+}
+
+struct World {
+    engine: Engine,
+    peer: Peer,
+    events: Vec<CallEvent>,
+    played: Vec<(String, Vec<String>)>,
+    captures: usize,
+    sent: Vec<SipMessage>,
+}
+
+impl World {
+    fn drain(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Transmit { bytes, .. } => {
+                    self.sent.push(SipMessage::parse(&bytes).unwrap())
+                }
+                Output::Record(e) => self.events.push(e),
+                Output::Media(MediaCommand::Play {
+                    prompts, language, ..
+                }) => self.played.push((language, prompts)),
+                Output::Media(MediaCommand::StartCapture { .. }) => self.captures += 1,
+                Output::Media(_) => {}
+            }
+        }
+    }
+    fn sip(&mut self, now: Instant, text: String) {
+        self.engine.handle_input(
+            now,
+            Input::Sip {
+                peer: self.peer,
+                bytes: Bytes::from(text),
+            },
+        );
+        self.drain();
+    }
+    fn media(&mut self, now: Instant, event: MediaEvent) {
+        let call_ref = self.events[0].call_ref.clone();
+        self.engine
+            .handle_input(now, Input::Media { call_ref, event });
+        self.drain();
+    }
+}
+
+#[test]
+fn default_flow_walks_menu_records_and_hands_off() {
+    let t0 = Instant::now();
+    let config = EngineConfig {
+        flow: Some(flow()),
+        ..EngineConfig::default()
+    };
+    let mut w = World {
+        engine: Engine::new(config, PortPool::new(20000..20010), 3),
+        peer: Peer::udp(
+            "127.0.0.1:5060".parse().unwrap(),
+            "127.0.0.1:5099".parse().unwrap(),
+        ),
+        events: Vec::new(),
+        played: Vec::new(),
+        captures: 0,
+        sent: Vec::new(),
+    };
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let head = "Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK";
+    w.sip(t0, format!("INVITE sip:311@127.0.0.1 SIP/2.0\r\n{head}i1\r\nFrom: <sip:5551112222@127.0.0.1>;tag=r\r\nTo: <sip:311@127.0.0.1>\r\nCall-ID: ivr-1\r\nCSeq: 1 INVITE\r\nContact: <sip:r@127.0.0.1:5099>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    let ok = w
+        .sent
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .unwrap()
+        .clone();
+    let dialog = format!(
+        "From: {}\r\nTo: {}\r\nCall-ID: ivr-1\r\n",
+        ok.header("From").unwrap(),
+        ok.header("To").unwrap()
+    );
+    w.sip(
+        t0,
+        format!("ACK sip:311@127.0.0.1 SIP/2.0\r\n{head}a1\r\n{dialog}CSeq: 1 ACK\r\n\r\n"),
+    );
+    assert_eq!(
+        w.played.last().unwrap(),
+        &("en".to_string(), vec!["greeting_language".to_string()])
+    );
+
+    // "2" by SIP INFO (application/dtmf-relay), during the greeting: barge-in, Spanish.
+    let info = "Signal=2\r\nDuration=160\r\n";
+    w.sip(t0, format!("INFO sip:311@127.0.0.1 SIP/2.0\r\n{head}n1\r\n{dialog}CSeq: 2 INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{info}", info.len()));
+    assert_eq!(w.sent.last().unwrap().status(), Some(200));
+    assert_eq!(
+        w.played.last().unwrap(),
+        &("es".to_string(), vec!["main_menu".to_string()])
+    );
+
+    // "1": report a problem; after the prompt and tone the recording starts.
+    w.media(t0, MediaEvent::PromptFinished);
+    w.media(t0, MediaEvent::Digit('1'));
+    assert_eq!(w.played.last().unwrap().1, ["describe_problem", "tone"]);
+    w.media(t0, MediaEvent::PromptFinished);
+    assert_eq!(w.captures, 1);
+    w.media(
+        t0 + Duration::from_secs(9),
+        MediaEvent::RecordingFinished {
+            duration: Duration::from_secs(8),
+            path: Some("data/recordings/x.wav".into()),
+            reason: "end_of_speech".into(),
+        },
+    );
+    assert_eq!(w.played.last().unwrap().1, ["confirm_recording"]);
+
+    // Silence at the confirmation: two retries with "sorry", then the hand-off.
+    let t1 = t0 + Duration::from_secs(10);
+    w.media(t1, MediaEvent::PromptFinished);
+    let mut now = t1;
+    for _ in 0..3 {
+        now = w.engine.poll_timeout().unwrap();
+        assert!(
+            now - t1 < Duration::from_secs(60),
+            "an IVR timer is pending"
+        );
+        w.engine.handle_timeout(now);
+        w.drain();
+        w.media(now, MediaEvent::PromptFinished);
+    }
+    let prompts: Vec<String> = w.played.iter().map(|(_, p)| p.join("+")).collect();
+    assert_eq!(
+        prompts[prompts.len() - 4..],
+        [
+            "sorry_didnt_get_that+confirm_recording",
+            "sorry_didnt_get_that+confirm_recording",
+            "transferring",
+            "all_agents_busy"
+        ]
+    );
+    // The busy prompt has played: the placeholder hangs up.
+    assert_eq!(w.sent.last().unwrap().method(), Some("BYE"));
+
+    let log: Vec<(EventKind, Option<String>)> = w
+        .events
+        .iter()
+        .map(|e| (e.kind, e.reason.clone()))
+        .collect();
+    let steps: Vec<&str> = log
+        .iter()
+        .filter(|(k, _)| *k == EventKind::IvrStep)
+        .filter_map(|(_, r)| r.as_deref())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "language",
+            "main_menu",
+            "describe_problem",
+            "confirm_recording",
+            "agent"
+        ]
+    );
+    assert_eq!(
+        w.events
+            .iter()
+            .filter(|e| e.kind == EventKind::Digit)
+            .count(),
+        2
+    );
+    let recording = w
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Recording)
+        .unwrap();
+    assert!(recording
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("data/recordings/x.wav"));
+    assert!(log.contains(&(EventKind::HandOff, Some("no_queues_yet".into()))));
+    assert_eq!(
+        log.last().unwrap(),
+        &(EventKind::Ended, Some("handoff_placeholder".into()))
+    );
+    let _ = now;
+}
+
+#[tokio::test]
+async fn broken_flow_or_missing_prompt_stops_start_up_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/routing-rules/ivr.toml"
+    ))
+    .unwrap();
+    let broken = dir.path().join("ivr.toml");
+    std::fs::write(
+        &broken,
+        original.replace(
+            "next = \"confirm_recording\"",
+            "next = \"confirm_recordin\"",
+        ),
+    )
+    .unwrap();
+    let mut config = civicline::config::Config::default();
+    config.sip.udp = vec!["127.0.0.1:0".parse().unwrap()];
+    config.sip.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.media.rtp_port_min = 0;
+    config.media.rtp_ports = 2;
+    config.store.data_dir = dir.path().to_path_buf();
+    config.ivr.flow = broken.clone();
+    let error = format!(
+        "{:#}",
+        civicline::runtime::start(config.clone())
+            .await
+            .err()
+            .expect("start-up refused")
+    );
+    assert!(
+        error.contains("ivr.toml:42:") && error.contains("no step named \"confirm_recordin\""),
+        "{error}"
+    );
+
+    std::fs::write(
+        &broken,
+        original.replace("\"transferring\"", "\"transfering\""),
+    )
+    .unwrap();
+    let error = format!(
+        "{:#}",
+        civicline::runtime::start(config)
+            .await
+            .err()
+            .expect("start-up refused")
+    );
+    assert!(error.contains("unknown prompt \"transfering\""), "{error}");
+}
