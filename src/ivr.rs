@@ -248,12 +248,14 @@ impl Flow {
                     })?,
                 },
                 "hangup" => StepKind::Hangup,
-                other => return Err(err(
-                    step.kind.span().start,
-                    format!(
+                other => {
+                    return Err(err(
+                        step.kind.span().start,
+                        format!(
                         "unknown step kind {other:?} (menu, record, digits, say, handoff, hangup)"
                     ),
-                )),
+                    ))
+                }
             };
             steps.push(Step {
                 id: step.id.get_ref().clone(),

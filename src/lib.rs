@@ -26,5 +26,6 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod ivr;
+pub mod numbers;
 pub mod runtime;
 pub mod sip;
