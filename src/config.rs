@@ -108,6 +108,10 @@ pub struct MediaConfig {
     /// How many RTP ports (each with its RTCP port + 1 when ports are fixed) to bind in advance;
     /// this is the most calls that can be up at once.
     pub rtp_ports: u16,
+    /// A call from which no RTP arrives for this long is ended.
+    pub rtp_timeout_s: u64,
+    /// A recording that hears no speech at all for this long ends as `no_speech`.
+    pub no_speech_timeout_s: u64,
 }
 
 impl Default for MediaConfig {
@@ -116,6 +120,8 @@ impl Default for MediaConfig {
             rtp_ip: IpAddr::from([127, 0, 0, 1]),
             rtp_port_min: 20000,
             rtp_ports: 1000,
+            rtp_timeout_s: 30,
+            no_speech_timeout_s: 10,
         }
     }
 }

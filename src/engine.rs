@@ -90,8 +90,8 @@ pub enum Input {
 /// Reports from the runtime's RTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
-    /// Everything queued by `MediaCommand::Play` has been sent.
-    PromptFinished,
+    /// Everything queued by the `MediaCommand::Play` with this id has been sent.
+    PromptFinished { play_id: u64 },
     /// A DTMF key (RFC 4733, in-band, or SIP INFO), reported once per press.
     Digit(char),
     /// A capture ended; `path` is the WAV kept in the data directory.
@@ -100,13 +100,31 @@ pub enum MediaEvent {
         path: Option<String>,
         reason: String,
     },
+    /// No RTP from the caller for the configured time.
+    RtpTimeout,
+    /// Final RTP/RTCP figures of a closed call.
+    Stats(RtpReport),
 }
+
+/// Loss and jitter of one call, reported by the media layer when the call closes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtpReport {
+    pub sip_call_id: String,
+    pub packets_sent: u32,
+    pub packets_received: u32,
+    pub packets_lost: i64,
+    pub jitter_ms: f64,
+    pub malformed: u64,
+}
+
+impl Eq for RtpReport {}
 
 /// Media instructions for the runtime's RTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaCommand {
     Open {
         call_ref: String,
+        sip_call_id: String,
         rtp_port: u16,
         remote: Option<SocketAddr>,
         codec: Codec,
@@ -122,6 +140,9 @@ pub enum MediaCommand {
         call_ref: String,
         prompts: Vec<String>,
         language: String,
+        /// Echoed in `MediaEvent::PromptFinished`, so a late report of an interrupted prompt
+        /// is never taken for the end of the next one.
+        play_id: u64,
     },
     StopPlayback {
         call_ref: String,
@@ -196,6 +217,8 @@ struct Call {
     ivr_deadline: Option<Instant>,
     /// Set by the hand-off placeholder: hang up once the busy prompt has played.
     hangup_after_prompt: Option<&'static str>,
+    /// Id of the playback in progress; other PromptFinished reports are stale.
+    play_id: u64,
 }
 
 /// RTP ports the runtime bound in advance; reused least-recently-released first so late packets
@@ -826,6 +849,7 @@ impl Engine {
             ivr: None,
             ivr_deadline: None,
             hangup_after_prompt: None,
+            play_id: 0,
         };
         self.emit(received);
         self.dialogs
@@ -869,6 +893,7 @@ impl Engine {
         );
         let open = call.answer.as_ref().map(|n| MediaCommand::Open {
             call_ref: call.call_ref.clone(),
+            sip_call_id: call.sip_call_id.clone(),
             rtp_port: call.rtp_port,
             remote: n.remote_rtp,
             codec: n.codec,
@@ -927,6 +952,7 @@ impl Engine {
                 if let Ok(n) = sdp::negotiate(&answer, &self.config.codecs) {
                     let open = MediaCommand::Open {
                         call_ref: call.call_ref.clone(),
+                        sip_call_id: call.sip_call_id.clone(),
                         rtp_port: call.rtp_port,
                         remote: n.remote_rtp,
                         codec: n.codec,
@@ -951,6 +977,24 @@ impl Engine {
 
     /// Media reports: prompt done, a digit, a finished recording.
     fn handle_media(&mut self, now: Instant, call_ref: &str, event: MediaEvent) {
+        if let MediaEvent::Stats(report) = &event {
+            // Arrives after the call is gone: everything needed travels in the report.
+            self.emit(CallEvent {
+                at: now,
+                call_ref: call_ref.to_string(),
+                sip_call_id: report.sip_call_id.clone(),
+                kind: EventKind::RtpStats,
+                status_code: None,
+                reason: None,
+                duration: None,
+                caller: None,
+                detail: Some(format!(
+                    "{{\"packets_sent\":{},\"packets_received\":{},\"packets_lost\":{},\"jitter_ms\":{:.2},\"malformed\":{}}}",
+                    report.packets_sent, report.packets_received, report.packets_lost, report.jitter_ms, report.malformed
+                )),
+            });
+            return;
+        }
         let Some(&number) = self.call_refs.get(call_ref) else {
             return;
         };
@@ -961,7 +1005,16 @@ impl Engine {
             return;
         }
         let ivr_event = match event {
-            MediaEvent::PromptFinished => {
+            MediaEvent::Stats(_) => return,
+            MediaEvent::RtpTimeout => {
+                tracing::info!(call = %call.call_ref, "no RTP from the caller; hanging up");
+                self.record_end_and_bye(now, number, "rtp_timeout");
+                return;
+            }
+            MediaEvent::PromptFinished { play_id } => {
+                if play_id != call.play_id {
+                    return;
+                }
                 if let Some(reason) = call.hangup_after_prompt {
                     self.record_end_and_bye(now, number, reason);
                     return;
@@ -1002,16 +1055,22 @@ impl Engine {
         let Some(call_ref) = self.calls.get(&number).map(|c| c.call_ref.clone()) else {
             return;
         };
+        // Prompts of this batch, so the hand-off placeholder can play after them, not over them.
+        let mut batch_prompts: Vec<String> = Vec::new();
         for action in actions {
             match action {
                 IvrAction::Play { prompts, language } => {
+                    batch_prompts = prompts.clone();
+                    let play_id = self.next_play_id(number);
                     self.outputs.push_back(Output::Media(MediaCommand::Play {
                         call_ref: call_ref.clone(),
                         prompts,
                         language,
+                        play_id,
                     }));
                 }
                 IvrAction::StopPlayback => {
+                    self.next_play_id(number);
                     self.outputs
                         .push_back(Output::Media(MediaCommand::StopPlayback {
                             call_ref: call_ref.clone(),
@@ -1042,9 +1101,12 @@ impl Engine {
                     event.detail = Some(format!("{{\"digits\":{}}}", json_string(&digits)));
                     self.emit(event);
                 }
-                IvrAction::HandOff { queue } => {
-                    self.handoff_placeholder_busy_then_hangup(now, number, &queue)
-                }
+                IvrAction::HandOff { queue } => self.handoff_placeholder_busy_then_hangup(
+                    now,
+                    number,
+                    &queue,
+                    std::mem::take(&mut batch_prompts),
+                ),
                 IvrAction::Hangup => {
                     // Hang up once the last prompt has played.
                     if let Some(call) = self.calls.get_mut(&number) {
@@ -1074,7 +1136,13 @@ impl Engine {
 
     /// PLACEHOLDER until the queue issue lands: there are no agents or queues yet, so a hand-off
     /// records where the caller would have gone, plays "all our agents are busy" and hangs up.
-    fn handoff_placeholder_busy_then_hangup(&mut self, now: Instant, number: u64, queue: &str) {
+    fn handoff_placeholder_busy_then_hangup(
+        &mut self,
+        now: Instant,
+        number: u64,
+        queue: &str,
+        mut prompts: Vec<String>,
+    ) {
         let mut event = self.record_for(number, now, EventKind::HandOff);
         event.reason = Some("no_queues_yet".into());
         event.detail = Some(format!("{{\"queue\":{}}}", json_string(queue)));
@@ -1089,11 +1157,26 @@ impl Engine {
             .map(|i| i.language.clone())
             .unwrap_or_else(|| "en".into());
         let call_ref = call.call_ref.clone();
+        let play_id = self.next_play_id(number);
         self.outputs.push_back(Output::Media(MediaCommand::Play {
             call_ref,
-            prompts: vec!["all_agents_busy".into()],
+            prompts: {
+                prompts.push("all_agents_busy".into());
+                prompts
+            },
             language,
+            play_id,
         }));
+    }
+
+    fn next_play_id(&mut self, number: u64) -> u64 {
+        match self.calls.get_mut(&number) {
+            Some(call) => {
+                call.play_id += 1;
+                call.play_id
+            }
+            None => 0,
+        }
     }
 
     fn handle_bye(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {

@@ -25,6 +25,8 @@ pub enum EventKind {
     Recording,
     /// The caller was handed to a queue (`detail.queue`).
     HandOff,
+    /// RTP figures of a finished call (`detail`: packets, loss, jitter).
+    RtpStats,
 }
 
 impl EventKind {
@@ -40,6 +42,7 @@ impl EventKind {
             EventKind::Digit => "digit",
             EventKind::Recording => "recording",
             EventKind::HandOff => "handoff",
+            EventKind::RtpStats => "rtp_stats",
         }
     }
 
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Digit,
             EventKind::Recording,
             EventKind::HandOff,
+            EventKind::RtpStats,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -26,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod ivr;
+pub mod media;
 pub mod numbers;
 pub mod runtime;
 pub mod sip;

@@ -29,6 +29,7 @@ struct World {
     peer: Peer,
     events: Vec<CallEvent>,
     played: Vec<(String, Vec<String>)>,
+    last_play_id: u64,
     captures: usize,
     sent: Vec<SipMessage>,
 }
@@ -42,8 +43,14 @@ impl World {
                 }
                 Output::Record(e) => self.events.push(e),
                 Output::Media(MediaCommand::Play {
-                    prompts, language, ..
-                }) => self.played.push((language, prompts)),
+                    prompts,
+                    language,
+                    play_id,
+                    ..
+                }) => {
+                    self.played.push((language, prompts));
+                    self.last_play_id = play_id;
+                }
                 Output::Media(MediaCommand::StartCapture { .. }) => self.captures += 1,
                 Output::Media(_) => {}
             }
@@ -58,6 +65,10 @@ impl World {
             },
         );
         self.drain();
+    }
+    fn prompt_done(&mut self, now: Instant) {
+        let play_id = self.last_play_id;
+        self.media(now, MediaEvent::PromptFinished { play_id });
     }
     fn media(&mut self, now: Instant, event: MediaEvent) {
         let call_ref = self.events[0].call_ref.clone();
@@ -82,6 +93,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
         ),
         events: Vec::new(),
         played: Vec::new(),
+        last_play_id: 0,
         captures: 0,
         sent: Vec::new(),
     };
@@ -118,10 +130,19 @@ fn default_flow_walks_menu_records_and_hands_off() {
     );
 
     // "1": report a problem; after the prompt and tone the recording starts.
-    w.media(t0, MediaEvent::PromptFinished);
+    // A late "finished" for the interrupted greeting is stale and changes nothing.
+    let played_before = w.played.len();
+    w.media(
+        t0,
+        MediaEvent::PromptFinished {
+            play_id: w.last_play_id - 1,
+        },
+    );
+    assert_eq!(w.played.len(), played_before);
+    w.prompt_done(t0);
     w.media(t0, MediaEvent::Digit('1'));
     assert_eq!(w.played.last().unwrap().1, ["describe_problem", "tone"]);
-    w.media(t0, MediaEvent::PromptFinished);
+    w.prompt_done(t0);
     assert_eq!(w.captures, 1);
     w.media(
         t0 + Duration::from_secs(9),
@@ -135,7 +156,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
 
     // Silence at the confirmation: two retries with "sorry", then the hand-off.
     let t1 = t0 + Duration::from_secs(10);
-    w.media(t1, MediaEvent::PromptFinished);
+    w.prompt_done(t1);
     let mut now = t1;
     for _ in 0..3 {
         now = w.engine.poll_timeout().unwrap();
@@ -145,7 +166,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
         );
         w.engine.handle_timeout(now);
         w.drain();
-        w.media(now, MediaEvent::PromptFinished);
+        w.prompt_done(now);
     }
     let prompts: Vec<String> = w.played.iter().map(|(_, p)| p.join("+")).collect();
     assert_eq!(
@@ -154,7 +175,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
             "sorry_didnt_get_that+confirm_recording",
             "sorry_didnt_get_that+confirm_recording",
             "transferring",
-            "all_agents_busy"
+            "transferring+all_agents_busy"
         ]
     );
     // The busy prompt has played: the placeholder hangs up.

@@ -61,6 +61,13 @@ async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
             "tcp_closed_invalid": t.tcp_closed_invalid.load(Ordering::Relaxed),
             "tcp_closed_timeout": t.tcp_closed_timeout.load(Ordering::Relaxed),
         },
+        "media": {
+            "packets_in": state.media.packets_in.load(Ordering::Relaxed),
+            "packets_out": state.media.packets_out.load(Ordering::Relaxed),
+            "malformed": state.media.malformed.load(Ordering::Relaxed),
+            "dropped_overload": state.media.dropped_overload.load(Ordering::Relaxed),
+            "stun_ignored": state.media.stun_ignored.load(Ordering::Relaxed),
+        },
         "event_log": {
             "backend": state.store_backend,
             "submitted": log.submitted,

@@ -5,6 +5,7 @@
 
 pub mod event_log;
 pub mod http;
+pub mod media;
 pub mod prompts;
 pub mod rtp;
 pub mod store;
@@ -72,6 +73,7 @@ pub struct HealthState {
     pub free_rtp_ports: Arc<std::sync::atomic::AtomicUsize>,
     pub log: EventLog,
     pub transport: Arc<transport::TransportStats>,
+    pub media: Arc<media::MediaStats>,
     pub store_backend: &'static str,
 }
 
@@ -140,9 +142,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             message_timeout: Duration::from_millis(config.sip.tcp_message_timeout_ms),
             idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_s),
         },
-        inbound_tx,
+        inbound_tx.clone(),
         shutdown_rx.clone(),
     );
+    let languages = flow
+        .as_ref()
+        .map(|f| f.languages.clone())
+        .unwrap_or_default();
+    let media = media::spawn(
+        rtp.into_sockets(),
+        Arc::new(media::PromptFrames::new(&prompts, &languages)),
+        inbound_tx,
+        media::MediaSettings {
+            rtp_timeout: Duration::from_secs(config.media.rtp_timeout_s),
+            recordings_dir: config.store.data_dir.join("recordings"),
+            no_speech_timeout: Duration::from_secs(config.media.no_speech_timeout_s),
+        },
+        shutdown_rx.clone(),
+    )?;
 
     let (log, log_task) = EventLog::spawn(
         store.clone(),
@@ -155,7 +172,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let instance = format!("{:08x}", rand::random::<u32>());
     let mut engine_config = config.engine_config(instance);
     engine_config.flow = flow;
-    let _ = &prompts;
     let engine = Engine::new(
         engine_config,
         PortPool::new(rtp_ports.iter().copied()),
@@ -166,6 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         free_rtp_ports: Arc::new(std::sync::atomic::AtomicUsize::new(engine.free_rtp_ports())),
         log: log.clone(),
         transport: senders.stats.clone(),
+        media: media.stats.clone(),
         store_backend: store.backend(),
     };
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -190,7 +207,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             health,
             shutdown_rx,
             grace,
-            rtp,
+            media,
         )
         .await;
         // The engine has stopped, so nothing appends any more: commit the rest and stop the writer.
@@ -272,7 +289,7 @@ async fn engine_loop(
     health: HealthState,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-    mut rtp: rtp::RtpPool,
+    media: media::MediaHandle,
 ) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let now = || tokio::time::Instant::now().into_std();
@@ -326,7 +343,7 @@ async fn engine_loop(
                 Output::Record(event) => {
                     log.append(stored_event(&clock, &event));
                 }
-                Output::Media(command) => rtp.apply(&command),
+                Output::Media(command) => media.apply(command),
             }
         }
         if last_health.elapsed() >= Duration::from_millis(100) || stopping_until.is_some() {

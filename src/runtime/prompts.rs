@@ -87,6 +87,15 @@ impl PromptStore {
         Ok(())
     }
 
+    /// Every prompt: (language folder, id, samples).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, Arc<[i16]>)> + '_ {
+        self.by_language.iter().flat_map(|(language, prompts)| {
+            prompts
+                .iter()
+                .map(move |(id, samples)| (language.as_str(), id.as_str(), samples.clone()))
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.by_language.values().map(HashMap::len).sum()
     }

@@ -1,17 +1,15 @@
 //! The RTP port pool: UDP sockets bound once at start-up, so a call never fails for lack of a
-//! port mid-answer and the ports a call can get are known in advance. Media flow itself (G.711,
-//! pacing, DTMF) arrives with the media issue; until then a call's port is reserved and silent.
+//! port mid-answer and the ports a call can get are known in advance. The sockets then belong
+//! to the media task (`media.rs`); the engine only tracks which port numbers are free.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 
 use crate::config::MediaConfig;
-use crate::engine::MediaCommand;
 
 pub struct RtpPool {
     /// RTP socket and, for fixed ranges, the RTCP socket on port + 1.
     sockets: HashMap<u16, (UdpSocket, Option<UdpSocket>)>,
-    open_calls: usize,
 }
 
 impl RtpPool {
@@ -50,10 +48,7 @@ impl RtpPool {
                 config.rtp_port_min
             );
         }
-        Ok(RtpPool {
-            sockets,
-            open_calls: 0,
-        })
+        Ok(RtpPool { sockets })
     }
 
     pub fn ports(&self) -> Vec<u16> {
@@ -62,24 +57,11 @@ impl RtpPool {
         ports
     }
 
-    pub fn open_calls(&self) -> usize {
-        self.open_calls
-    }
-
-    pub fn apply(&mut self, command: &MediaCommand) {
-        match command {
-            MediaCommand::Open { rtp_port, .. } => {
-                if self.sockets.contains_key(rtp_port) {
-                    self.open_calls += 1;
-                }
-            }
-            MediaCommand::Close { rtp_port, .. } => {
-                if self.sockets.contains_key(rtp_port) {
-                    self.open_calls = self.open_calls.saturating_sub(1);
-                }
-            }
-            // Playback and capture need the RTP media path, which is not wired in yet.
-            other => tracing::debug!(?other, "media command without a media path yet"),
-        }
+    /// Hands the bound sockets to the media task: (RTP port, RTP socket, RTCP socket).
+    pub fn into_sockets(self) -> Vec<(u16, UdpSocket, Option<UdpSocket>)> {
+        self.sockets
+            .into_iter()
+            .map(|(port, (rtp, rtcp))| (port, rtp, rtcp))
+            .collect()
     }
 }
