@@ -1107,12 +1107,8 @@ impl Engine {
                     &queue,
                     std::mem::take(&mut batch_prompts),
                 ),
-                IvrAction::Hangup => {
-                    // Hang up once the last prompt has played.
-                    if let Some(call) = self.calls.get_mut(&number) {
-                        call.hangup_after_prompt = Some("ivr_hangup");
-                    }
-                }
+                // The IVR asks to hang up once its prompts have played, so this is the moment.
+                IvrAction::Hangup => self.record_end_and_bye(now, number, "ivr_hangup"),
             }
         }
         // Mirror the IVR's deadline into the engine's timer set.
