@@ -451,9 +451,8 @@ impl Engine {
         let method = request.method().unwrap_or_default().to_string();
         // An unknown SIP version is answered before anything else: even its Via may not parse.
         if let StartLine::Request { version, .. } = &request.start {
-            let other_sip = version != "SIP/2.0"
-                && version.len() > 4
-                && version[..4].eq_ignore_ascii_case("SIP/");
+            let other_sip =
+                version != "SIP/2.0" && crate::sip::message::has_sip_version_prefix(version);
             if other_sip {
                 self.send_stateless(peer, &request, 505, &[]);
                 return;
@@ -1486,7 +1485,7 @@ fn validate(request: &SipMessage, method: &str) -> Result<(), Reject> {
     }
     if let StartLine::Request { version, .. } = &request.start {
         if version != "SIP/2.0" {
-            if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+            if crate::sip::message::has_sip_version_prefix(version) {
                 return Err(Reject {
                     code: 505,
                     reason: format!("version {version}"),

@@ -331,3 +331,156 @@ async fn malformed_rtp_and_stun_are_dropped_and_rtp_is_symmetric() {
     server.server.wait().await.unwrap();
     let _ = Duration::ZERO;
 }
+
+fn read_wav(path: &Path) -> Vec<f64> {
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(reader.spec().sample_rate, 8000, "{}", path.display());
+    reader
+        .into_samples::<i16>()
+        .map(|s| s.unwrap() as f64)
+        .collect()
+}
+
+/// Best normalised cross-correlation of `needle` against `haystack` at lags in `lags`.
+fn best_correlation(
+    needle: &[f64],
+    haystack: &[f64],
+    lags: std::ops::Range<usize>,
+) -> (f64, usize) {
+    let needle_norm = needle.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut best = (0.0, 0);
+    for lag in lags {
+        let Some(window) = haystack.get(lag..lag + needle.len()) else {
+            break;
+        };
+        let dot: f64 = needle.iter().zip(window).map(|(a, b)| a * b).sum();
+        let norm = window.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 0.0 && dot / (needle_norm * norm) > best.0 {
+            best = (dot / (needle_norm * norm), lag);
+        }
+    }
+    best
+}
+
+/// baresip calls with its aufile "microphone" playing speech and its sndfile module recording
+/// what it hears. The flow greets, records after a tone, and says goodbye.
+///
+/// Threshold 0.9 for the cross-correlations: the audio crosses G.711 mu-law once (about 38 dB
+/// SNR, which alone allows a correlation near 0.999), and a 0.5 s excerpt is short enough not
+/// to straddle a jitter-buffer adjustment; an unrelated prompt (the negative control below)
+/// scores far lower, so 0.9 separates "this is the greeting" from "this is speech".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_hears_the_greeting_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("greet_record.toml");
+    std::fs::write(
+        &flow,
+        r#"start = "greet"
+languages = ["en"]
+retry_prompt = "sorry_didnt_get_that"
+
+[[step]]
+id = "greet"
+kind = "say"
+prompts = ["greeting_language"]
+next = "record"
+
+[[step]]
+id = "record"
+kind = "record"
+prompts = ["tone"]
+max_seconds = 20
+silence_ms = 1500
+next = "bye"
+
+[[step]]
+id = "bye"
+kind = "hangup"
+prompts = ["goodbye"]
+"#,
+    )
+    .unwrap();
+    // The microphone: 9 s of silence (greeting 7.7 s + tone 0.3 s, then 1 s), the speech, 8 s.
+    let speech = read_wav(&root().join("tests/media/speech_pothole.wav"));
+    let mic = dir.path().join("mic.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(&mic, spec).unwrap();
+    for sample in std::iter::repeat_n(0.0, 72_000)
+        .chain(speech.iter().copied())
+        .chain(std::iter::repeat_n(0.0, 64_000))
+    {
+        writer.write_sample(sample as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+
+    let server = common::start_with(with_ivr(&flow)).await;
+    let heard = dir.path().join("heard");
+    let target = format!("sip:311@{}", server.udp());
+    let script = root().join("scripts/baresip-call");
+    let (mic_env, heard_env) = (mic.clone(), heard.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .arg("60")
+            .arg(script)
+            .args([&target, "22"])
+            .env("BARESIP_SOURCE_WAV", mic_env)
+            .env("BARESIP_RECORD_DIR", heard_env)
+            .output()
+            .expect("baresip-call runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("Call established"), "{text}");
+
+    // The server's recording: about 1 s before the speech, 4.0 s of speech, 1.5 s of silence.
+    let rows = events(&server).await;
+    let recording = rows
+        .iter()
+        .find(|r| r.event.kind == "recording")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(recording.event.reason.as_deref(), Some("end_of_speech"));
+    let millis = recording.event.duration_ms.unwrap();
+    assert!(
+        (5_500..8_000).contains(&millis),
+        "recorded {millis} ms, expected about 6.5 s"
+    );
+    let detail: serde_json::Value =
+        serde_json::from_str(recording.event.detail.as_deref().unwrap()).unwrap();
+    let recorded = read_wav(Path::new(detail["path"].as_str().unwrap()));
+    let speech_excerpt = &speech[8000..12_000];
+    let (score, _) = best_correlation(speech_excerpt, &recorded, 0..recorded.len());
+    assert!(
+        score > 0.9,
+        "the caller's speech is in the recording: correlation {score:.3}"
+    );
+
+    // What baresip heard contains the greeting.
+    let dec = std::fs::read_dir(&heard)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip's recording of what it heard");
+    let heard_audio = read_wav(&dec);
+    let greeting = read_wav(&root().join("prompts/common/greeting_language.wav"));
+    let (score, lag) = best_correlation(&greeting[8000..12_000], &heard_audio, 0..40_000);
+    assert!(
+        score > 0.9,
+        "greeting heard: correlation {score:.3} at lag {lag}"
+    );
+    let goodbye = read_wav(&root().join("prompts/en/goodbye.wav"));
+    let (control, _) = best_correlation(&goodbye[4000..8000], &heard_audio[..56_000], 0..40_000);
+    assert!(
+        control < 0.5,
+        "negative control: an unplayed prompt correlates {control:.3}"
+    );
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}

@@ -275,3 +275,21 @@ async fn healthz_reports_calls_and_the_event_log() {
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }
+
+/// Inputs the fuzz targets once crashed on (tests/fuzz-regressions/), sent as datagrams: the
+/// server must drop or answer them and keep serving.
+#[tokio::test]
+async fn fuzz_regressions_do_not_crash_the_server() {
+    let server = common::start().await;
+    let client = Client::new(server.udp()).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        client.send(&std::fs::read(entry.path()).unwrap()).await;
+        assert_still_answers(&client, &format!("z9hG4bKfuzz{count}")).await;
+        count += 1;
+    }
+    assert!(count >= 2);
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}

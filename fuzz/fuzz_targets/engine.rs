@@ -23,34 +23,29 @@ fn drain(engine: &mut Engine) {
     }
 }
 
-
-// TEMPORARY: skip inputs hitting the known start-line char-boundary panic (message.rs:380).
-fn known_bug(data: &[u8]) -> bool {
-    let start = data.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(data.len());
-    let rest = &data[start..];
-    let line = &rest[..rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len())];
-    match std::str::from_utf8(line) {
-        Ok(s) => (s.len() > 4 && !s.is_char_boundary(4))
-            || s.split_whitespace().last().is_some_and(|v| v.len() > 4 && !v.is_char_boundary(4)),
-        Err(e) => e.valid_up_to() > 0 && !std::str::from_utf8(&line[..e.valid_up_to()]).unwrap().is_char_boundary(4),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    if known_bug(data) { return; }
     let now = Instant::now();
     let mut engine = Engine::new(EngineConfig::default(), PortPool::new(20000..20010), 1);
     let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let remote: SocketAddr = "192.0.2.1:5070".parse().unwrap();
     let bytes = Bytes::copy_from_slice(data);
 
-    engine.handle_input(now, Input::Sip { peer: Peer::udp(local, remote), bytes: bytes.clone() });
+    engine.handle_input(
+        now,
+        Input::Sip {
+            peer: Peer::udp(local, remote),
+            bytes: bytes.clone(),
+        },
+    );
     drain(&mut engine);
     let _ = engine.poll_timeout();
     // The same datagram again, as a UDP retransmission would bring it.
     engine.handle_input(
         now + Duration::from_millis(500),
-        Input::Sip { peer: Peer::udp(local, remote), bytes },
+        Input::Sip {
+            peer: Peer::udp(local, remote),
+            bytes,
+        },
     );
     drain(&mut engine);
     engine.handle_timeout(now + Duration::from_secs(64));

@@ -2,24 +2,13 @@
 #![no_main]
 
 use civicline::sip::framing::{next_frame, Frame};
-use civicline::sip::headers::{host_ip, split_params_public, uri_scheme, CSeq, NameAddr, SipUri, Via};
+use civicline::sip::headers::{
+    host_ip, split_params_public, uri_scheme, CSeq, NameAddr, SipUri, Via,
+};
 use civicline::sip::message::SipMessage;
 use libfuzzer_sys::fuzz_target;
 
-
-// TEMPORARY: skip inputs hitting the known start-line char-boundary panic (message.rs:380).
-fn known_bug(data: &[u8]) -> bool {
-    let start = data.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(data.len());
-    let rest = &data[start..];
-    let line = &rest[..rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len())];
-    match std::str::from_utf8(line) {
-        Ok(s) => s.len() > 4 && !s.is_char_boundary(4),
-        Err(e) => e.valid_up_to() > 4 && !std::str::from_utf8(&line[..e.valid_up_to()]).unwrap().is_char_boundary(4),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    if known_bug(data) { return; }
     // TCP framing sees the same bytes at the front of a stream buffer.
     match next_frame(data) {
         Frame::Message { len } => {
@@ -27,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = SipMessage::parse(&data[..len]);
         }
         Frame::KeepAlive { len, .. } => {
-            assert!(len > 0 && len <= data.len(), "keep-alive of {len} bytes of {}", data.len());
+            assert!(
+                len > 0 && len <= data.len(),
+                "keep-alive of {len} bytes of {}",
+                data.len()
+            );
         }
         Frame::Incomplete | Frame::Invalid(_) => {}
     }
@@ -47,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
             String::from_utf8_lossy(&printed)
         ),
     };
-    assert_eq!(again.start, msg.start, "start line changed by a print/parse round trip");
+    assert_eq!(
+        again.start, msg.start,
+        "start line changed by a print/parse round trip"
+    );
     let without_length = |m: &SipMessage| {
         m.headers
             .iter()
@@ -55,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(without_length(&again), without_length(&msg), "headers changed by a round trip");
+    assert_eq!(
+        without_length(&again),
+        without_length(&msg),
+        "headers changed by a round trip"
+    );
     assert_eq!(again.body, msg.body, "body changed by a round trip");
     assert_eq!(again.content_length(), Ok(Some(msg.body.len())));
     exercise_views(&again);

@@ -377,7 +377,7 @@ fn unfold_lines(head: &str) -> Vec<String> {
 
 fn parse_start_line(line: &str) -> Result<(StartLine, Option<String>), ParseError> {
     let bad = |why: &str| ParseError::StartLine(format!("{why}: {:?}", truncate(line, 80)));
-    if line.len() > 4 && line[..4].eq_ignore_ascii_case("SIP/") {
+    if has_sip_version_prefix(line) {
         let mut parts = line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default();
         let code = parts
@@ -421,6 +421,12 @@ fn parse_start_line(line: &str) -> Result<(StartLine, Option<String>), ParseErro
         },
         problem,
     ))
+}
+
+/// True for `SIP/...` in any case. `get` keeps a multi-byte character at byte 4 from panicking
+/// (found by the `sip_message` fuzz target).
+pub fn has_sip_version_prefix(s: &str) -> bool {
+    s.len() > 4 && s.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -525,6 +531,9 @@ l: 4\r\n\r\nbodyEXTRA";
         assert_eq!(r.status(), Some(180));
         assert!(SipMessage::parse(b"SIP/2.0 4294967301 Huge\r\n\r\n").is_err());
         assert!(SipMessage::parse(b"\r\n\r\n").is_err());
+        // Fuzz finds: a multi-byte character across byte 4 of the start line or the version.
+        assert!(SipMessage::parse(b"INV\xdd\xb6").is_err());
+        assert!(SipMessage::parse("d N p\u{18b}\u{447}\r\n\r\n".as_bytes()).is_ok());
         let spaced = SipMessage::parse(b"INVITE  sip:a@b SIP/2.0 \r\n\r\n").unwrap();
         assert_eq!(spaced.request_uri(), Some("sip:a@b"));
         assert_eq!(spaced.problems.len(), 1);
