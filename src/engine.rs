@@ -160,9 +160,18 @@ pub enum MediaCommand {
 /// What the runtime must carry out.
 #[derive(Debug, Clone)]
 pub enum Output {
-    Transmit { to: Peer, bytes: Bytes },
+    Transmit {
+        to: Peer,
+        bytes: Bytes,
+    },
     Media(MediaCommand),
     Record(CallEvent),
+    /// A caller's recorded utterance, ready for the transcription stage.
+    Utterance {
+        call_ref: String,
+        path: String,
+        duration: Duration,
+    },
 }
 
 /// Counters for health and metrics; every one is derived from engine decisions.
@@ -1031,6 +1040,13 @@ impl Engine {
                 path,
                 reason,
             } => {
+                if let Some(path) = &path {
+                    self.outputs.push_back(Output::Utterance {
+                        call_ref: call_ref.to_string(),
+                        path: path.clone(),
+                        duration,
+                    });
+                }
                 let mut event = self.record_for(number, now, EventKind::Recording);
                 event.duration = Some(duration);
                 event.reason = Some(reason);

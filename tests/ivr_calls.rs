@@ -31,6 +31,7 @@ struct World {
     played: Vec<(String, Vec<String>)>,
     last_play_id: u64,
     captures: usize,
+    utterances: Vec<String>,
     sent: Vec<SipMessage>,
 }
 
@@ -53,6 +54,7 @@ impl World {
                 }
                 Output::Media(MediaCommand::StartCapture { .. }) => self.captures += 1,
                 Output::Media(_) => {}
+                Output::Utterance { path, .. } => self.utterances.push(path),
             }
         }
     }
@@ -95,6 +97,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
         played: Vec::new(),
         last_play_id: 0,
         captures: 0,
+        utterances: Vec::new(),
         sent: Vec::new(),
     };
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -153,6 +156,11 @@ fn default_flow_walks_menu_records_and_hands_off() {
         },
     );
     assert_eq!(w.played.last().unwrap().1, ["confirm_recording"]);
+    assert_eq!(
+        w.utterances,
+        ["data/recordings/x.wav"],
+        "the utterance goes on to transcription"
+    );
 
     // Silence at the confirmation: two retries with "sorry", then the hand-off.
     let t1 = t0 + Duration::from_secs(10);

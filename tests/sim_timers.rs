@@ -86,7 +86,7 @@ fn drain(engine: &mut Engine) -> (Vec<(SocketAddr, SipMessage)>, Vec<CallEvent>)
                 sent.push((to.remote, SipMessage::parse(&bytes).unwrap()))
             }
             Output::Record(event) => events.push(event),
-            Output::Media(_) => {}
+            Output::Media(_) | Output::Utterance { .. } => {}
         }
     }
     (sent, events)
@@ -451,7 +451,7 @@ fn run_lossy_world(seed: u64, calls: usize, loss_percent: u64) -> Result<usize, 
                     }
                 }
                 Output::Record(event) => events.push(event),
-                Output::Media(_) => {}
+                Output::Media(_) | Output::Utterance { .. } => {}
             }
         }
         // Advance to the next thing that happens.

@@ -28,12 +28,22 @@ use crate::sip::sdp::Codec;
 
 /// Samples per 20 ms G.711 frame at 8 kHz.
 const FRAME: usize = 160;
-const TICK: Duration = Duration::from_millis(20);
+/// The one timer: a 1 ms tick walking a 20-slot wheel. Each call lives in one slot and is sent a
+/// frame every 20 ticks; spreading calls over the slots keeps each burst of sends short, so a
+/// call's packets leave at a steady phase instead of queueing behind every other call's.
+const TICK: Duration = Duration::from_millis(1);
+const SLOTS: usize = 20;
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Every prompt encoded once per law, shared by all calls.
+/// One prompt in both laws.
+struct EncodedPrompt {
+    ulaw: Arc<[u8]>,
+    alaw: Arc<[u8]>,
+}
+
+/// Every prompt encoded once per law, shared by all calls; keyed by (language, id).
 pub struct PromptFrames {
-    encoded: HashMap<(String, String), (Arc<[u8]>, Arc<[u8]>)>,
+    encoded: HashMap<(String, String), EncodedPrompt>,
 }
 
 impl PromptFrames {
@@ -49,7 +59,10 @@ impl PromptFrames {
             let _ = &folders;
             encoded.insert(
                 (language.to_string(), id.to_string()),
-                (ulaw.into(), alaw.into()),
+                EncodedPrompt {
+                    ulaw: ulaw.into(),
+                    alaw: alaw.into(),
+                },
             );
         }
         let _ = folders;
@@ -57,9 +70,9 @@ impl PromptFrames {
     }
 
     fn get(&self, language: &str, id: &str, law: Law) -> Option<Arc<[u8]>> {
-        let pick = |(u, a): &(Arc<[u8]>, Arc<[u8]>)| match law {
-            Law::Ulaw => u.clone(),
-            Law::Alaw => a.clone(),
+        let pick = |prompt: &EncodedPrompt| match law {
+            Law::Ulaw => prompt.ulaw.clone(),
+            Law::Alaw => prompt.alaw.clone(),
         };
         self.encoded
             .get(&(language.to_string(), id.to_string()))
@@ -76,7 +89,6 @@ pub struct MediaStats {
     pub malformed: AtomicU64,
     pub dropped_overload: AtomicU64,
     pub stun_ignored: AtomicU64,
-    pub late_ticks: AtomicU64,
 }
 
 pub struct MediaSettings {
@@ -307,6 +319,8 @@ async fn media_loop(
     let mut tick = tokio::time::interval(TICK);
     // Burst: a late tick is caught up at once so every call keeps 50 packets a second.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut slots: Vec<Vec<u16>> = vec![Vec::new(); SLOTS];
+    let mut tick_index: usize = 0;
     let mut packet = Vec::with_capacity(256);
     let report = |event: MediaEvent, call_ref: &str| {
         let input = Input::Media {
@@ -327,6 +341,14 @@ async fn media_loop(
                         let now = Instant::now();
                         let law = match codec { Codec::Pcmu => Law::Ulaw, Codec::Pcma => Law::Alaw };
                         ports_by_ref.insert(call_ref.clone(), rtp_port);
+                        if sessions.is_empty() {
+                            // The wheel was idle (not polled): restart it rather than burst-catch-up.
+                            tick.reset();
+                        }
+                        // Join the least-filled slot of the wheel.
+                        if let Some(slot) = slots.iter_mut().min_by_key(|s| s.len()) {
+                            slot.push(rtp_port);
+                        }
                         sessions.insert(rtp_port, Session {
                             call_ref,
                             sip_call_id,
@@ -358,6 +380,9 @@ async fn media_loop(
                     }
                     MediaCommand::Close { call_ref, rtp_port } => {
                         ports_by_ref.remove(&call_ref);
+                        for slot in slots.iter_mut() {
+                            slot.retain(|p| *p != rtp_port);
+                        }
                         if let Some(session) = sessions.remove(&rtp_port) {
                             let report_event = MediaEvent::Stats(RtpReport {
                                 sip_call_id: session.sip_call_id.clone(),
@@ -454,9 +479,13 @@ async fn media_loop(
                     finish_capture(session, reason, &settings, &inbound);
                 }
             }
-            _ = tick.tick() => {
+            // No calls, no wake-ups: an idle server does not tick 1000 times a second.
+            _ = tick.tick(), if !sessions.is_empty() => {
                 let now = Instant::now();
-                for session in sessions.values_mut() {
+                let slot = tick_index % SLOTS;
+                tick_index = tick_index.wrapping_add(1);
+                for port in &slots[slot] {
+                    let Some(session) = sessions.get_mut(port) else { continue };
                     send_frame(session, &mut packet, &stats, &report);
                     if let Some(digit) = session.dtmf.expire(session.arrival_units(now)) {
                         report(MediaEvent::Digit(digit), &session.call_ref);

@@ -344,6 +344,10 @@ async fn engine_loop(
                     log.append(stored_event(&clock, &event));
                 }
                 Output::Media(command) => media.apply(command),
+                // Transcription arrives with the speech issue; the WAV and its event are kept.
+                Output::Utterance { call_ref, path, .. } => {
+                    tracing::debug!(%call_ref, %path, "utterance recorded; no transcriber configured yet")
+                }
             }
         }
         if last_health.elapsed() >= Duration::from_millis(100) || stopping_until.is_some() {
