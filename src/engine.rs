@@ -321,6 +321,15 @@ impl Engine {
         self.shutting_down && self.calls.is_empty() && self.transactions.len().1 == 0
     }
 
+    /// At the very end of a shutdown: forgets calls whose BYE is still unanswered (their end
+    /// was recorded when the BYE went out) so their media is closed and reported.
+    pub fn abandon_remaining_calls(&mut self) {
+        let numbers: Vec<u64> = self.calls.keys().copied().collect();
+        for number in numbers {
+            self.forget_call(number);
+        }
+    }
+
     pub fn live_transactions(&self) -> (usize, usize) {
         self.transactions.len()
     }

@@ -230,7 +230,8 @@ async fn shutdown_hangs_up_calls_and_flushes_the_log() {
         [
             ("received", None),
             ("answered", None),
-            ("ended", Some("shutdown"))
+            ("ended", Some("shutdown")),
+            ("rtp_stats", None)
         ]
     );
     assert_eq!(all[0].event.caller.as_deref(), Some("5551234567"));

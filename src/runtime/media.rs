@@ -101,13 +101,27 @@ pub struct MediaSettings {
 /// What the engine loop uses to drive the media task.
 #[derive(Clone)]
 pub struct MediaHandle {
-    commands: mpsc::UnboundedSender<MediaCommand>,
+    commands: mpsc::UnboundedSender<MediaMessage>,
     pub stats: Arc<MediaStats>,
+}
+
+enum MediaMessage {
+    Command(MediaCommand),
+    /// Answered once every earlier command is done (and its reports are queued to the engine).
+    Sync(tokio::sync::oneshot::Sender<()>),
 }
 
 impl MediaHandle {
     pub fn apply(&self, command: MediaCommand) {
-        let _ = self.commands.send(command);
+        let _ = self.commands.send(MediaMessage::Command(command));
+    }
+
+    /// Waits until the media task has handled every command sent so far.
+    pub async fn sync(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.commands.send(MediaMessage::Sync(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -308,7 +322,7 @@ async fn receive_loop(
 async fn media_loop(
     sockets: HashMap<u16, (Arc<UdpSocket>, Option<Arc<UdpSocket>>)>,
     prompts: Arc<PromptFrames>,
-    mut commands: mpsc::UnboundedReceiver<MediaCommand>,
+    mut commands: mpsc::UnboundedReceiver<MediaMessage>,
     mut datagrams: mpsc::Receiver<Datagram>,
     inbound: mpsc::Sender<Input>,
     settings: MediaSettings,
@@ -333,8 +347,15 @@ async fn media_loop(
     };
     loop {
         tokio::select! {
-            command = commands.recv() => {
-                let Some(command) = command else { return };
+            message = commands.recv() => {
+                let command = match message {
+                    Some(MediaMessage::Command(command)) => command,
+                    Some(MediaMessage::Sync(ack)) => {
+                        let _ = ack.send(());
+                        continue;
+                    }
+                    None => return,
+                };
                 match command {
                     MediaCommand::Open { call_ref, sip_call_id, rtp_port, remote, codec, payload_type, telephone_event_pt } => {
                         let Some((socket, rtcp_socket)) = sockets.get(&rtp_port) else { continue };

@@ -134,6 +134,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     tracing::info!(ports = rtp_ports.len(), "RTP ports bound in advance");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Sockets keep running after shutdown is asked for, so BYE answers still arrive during the
+    // grace period; they stop once the engine has finished.
+    let (io_stop_tx, io_stop_rx) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel::<Input>(16_384);
     let senders = transport::start(
         listeners,
@@ -143,7 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_s),
         },
         inbound_tx.clone(),
-        shutdown_rx.clone(),
+        io_stop_rx.clone(),
     );
     let languages = flow
         .as_ref()
@@ -158,7 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             recordings_dir: config.store.data_dir.join("recordings"),
             no_speech_timeout: Duration::from_secs(config.media.no_speech_timeout_s),
         },
-        shutdown_rx.clone(),
+        io_stop_rx,
     )?;
 
     let (log, log_task) = EventLog::spawn(
@@ -210,6 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             media,
         )
         .await;
+        let _ = io_stop_tx.send(true);
         // The engine has stopped, so nothing appends any more: commit the rest and stop the writer.
         closer.close();
         let logged = log_task.join().await;
@@ -362,6 +366,30 @@ async fn engine_loop(
         }
         if stopping_until.is_some() && engine.is_drained() {
             break;
+        }
+    }
+    // Calls still hanging up when the grace period ran out are let go (their end is recorded);
+    // every closed call owes its RTP figures: let the media task finish its commands, then take
+    // the reports it queued.
+    engine.abandon_remaining_calls();
+    while let Some(output) = engine.poll_output() {
+        match output {
+            Output::Media(command) => media.apply(command),
+            Output::Record(event) => {
+                log.append(stored_event(&clock, &event));
+            }
+            _ => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), media.sync()).await;
+    while let Ok(input) = inbound.try_recv() {
+        if matches!(input, Input::Media { .. }) {
+            engine.handle_input(now(), input);
+        }
+    }
+    while let Some(output) = engine.poll_output() {
+        if let Output::Record(event) = output {
+            log.append(stored_event(&clock, &event));
         }
     }
     log.flush_with_timeout(grace).await;
