@@ -281,6 +281,10 @@ class Server:
                 f"rtp_ports = {self.args.rtp_ports}\n"
                 "[store]\n"
                 f'data_dir = "{os.path.join(self.dir, "data")}"\n'
+                # The default 311 flow, so every call is answered and played its greeting.
+                "[ivr]\n"
+                f'flow = "{os.path.join(REPO, "routing-rules", "ivr.toml")}"\n'
+                f'prompts_dir = "{os.path.join(REPO, "prompts")}"\n'
             )
 
     def start(self):

@@ -1081,18 +1081,14 @@ impl Engine {
         };
         // Prompts of this batch, so the hand-off placeholder can play after them, not over them.
         let mut batch_prompts: Vec<String> = Vec::new();
+        let hands_off = actions
+            .iter()
+            .any(|a| matches!(a, IvrAction::HandOff { .. }));
         for action in actions {
             match action {
-                IvrAction::Play { prompts, language } => {
-                    batch_prompts = prompts.clone();
-                    let play_id = self.next_play_id(number);
-                    self.outputs.push_back(Output::Media(MediaCommand::Play {
-                        call_ref: call_ref.clone(),
-                        prompts,
-                        language,
-                        play_id,
-                    }));
-                }
+                // Prompts before a hand-off are played by the hand-off itself, in one go.
+                IvrAction::Play { prompts, .. } if hands_off => batch_prompts = prompts,
+                IvrAction::Play { prompts, language } => self.play(now, number, prompts, language),
                 IvrAction::StopPlayback => {
                     self.next_play_id(number);
                     self.outputs
@@ -1176,14 +1172,26 @@ impl Engine {
             .as_ref()
             .map(|i| i.language.clone())
             .unwrap_or_else(|| "en".into());
-        let call_ref = call.call_ref.clone();
+        prompts.push("all_agents_busy".into());
+        self.play(now, number, prompts, language);
+    }
+
+    /// Queues prompts for the caller and records what was played.
+    fn play(&mut self, now: Instant, number: u64, prompts: Vec<String>, language: String) {
+        let Some(call_ref) = self.calls.get(&number).map(|c| c.call_ref.clone()) else {
+            return;
+        };
+        let mut event = self.record_for(number, now, EventKind::Prompt);
+        event.detail = Some(format!(
+            "{{\"prompts\":{},\"language\":{}}}",
+            serde_json::to_string(&prompts).unwrap_or_default(),
+            json_string(&language)
+        ));
+        self.emit(event);
         let play_id = self.next_play_id(number);
         self.outputs.push_back(Output::Media(MediaCommand::Play {
             call_ref,
-            prompts: {
-                prompts.push("all_agents_busy".into());
-                prompts
-            },
+            prompts,
             language,
             play_id,
         }));

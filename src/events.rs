@@ -27,6 +27,8 @@ pub enum EventKind {
     HandOff,
     /// RTP figures of a finished call (`detail`: packets, loss, jitter).
     RtpStats,
+    /// Prompts queued for the caller (`detail.prompts`, `detail.language`).
+    Prompt,
 }
 
 impl EventKind {
@@ -43,6 +45,7 @@ impl EventKind {
             EventKind::Recording => "recording",
             EventKind::HandOff => "handoff",
             EventKind::RtpStats => "rtp_stats",
+            EventKind::Prompt => "prompt",
         }
     }
 
@@ -59,6 +62,7 @@ impl EventKind {
             EventKind::Recording,
             EventKind::HandOff,
             EventKind::RtpStats,
+            EventKind::Prompt,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -178,11 +178,10 @@ fn default_flow_walks_menu_records_and_hands_off() {
     }
     let prompts: Vec<String> = w.played.iter().map(|(_, p)| p.join("+")).collect();
     assert_eq!(
-        prompts[prompts.len() - 4..],
+        prompts[prompts.len() - 3..],
         [
             "sorry_didnt_get_that+confirm_recording",
             "sorry_didnt_get_that+confirm_recording",
-            "transferring",
             "transferring+all_agents_busy"
         ]
     );

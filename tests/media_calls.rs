@@ -120,6 +120,32 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
         digits, [r#"{"digit":"1"}"#; 3],
         "each RFC 4733 key press once"
     );
+    let prompts: Vec<String> = rows
+        .iter()
+        .filter(|r| r.event.kind == "prompt")
+        .map(|r| {
+            let detail: serde_json::Value =
+                serde_json::from_str(r.event.detail.as_deref().unwrap()).unwrap();
+            let ids: Vec<&str> = detail["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            ids.join("+")
+        })
+        .collect();
+    assert_eq!(
+        prompts,
+        [
+            "greeting_language",
+            "main_menu",
+            "describe_problem+tone",
+            "confirm_recording",
+            "transferring+all_agents_busy"
+        ],
+        "the prompts played, in order"
+    );
     // The recording: speech of 4.0 s after about 2 s of comfort noise, ended by 1.5 s of silence.
     let recording = rows
         .iter()
