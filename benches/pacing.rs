@@ -7,6 +7,7 @@
 //! the measurement window). Arrival times are the kernel's receive timestamps (SO_TIMESTAMPNS),
 //! so this client's own scheduling on the same two cores does not blur them; `--user-time`
 //! timestamps in user space instead, to show how much a busy receiver adds.
+#![allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -554,6 +554,7 @@ pub fn prompt_exists_in(dir: &Path, languages: &[&str]) -> impl Fn(&str) -> bool
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 mod tests {
     use super::*;
 

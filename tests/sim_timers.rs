@@ -5,6 +5,7 @@
 //! failure; INVITE retransmissions are absorbed; transactions are freed after timers H, I, J.
 //! Then a seeded lossy network: simulated callers (using the same transaction layer as client)
 //! place calls through 30% packet loss, and every call must be recorded and ended exactly once.
+#![allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;

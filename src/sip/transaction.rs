@@ -722,6 +722,7 @@ fn ack_for_failure(invite: &SipMessage, response: &SipMessage) -> SipMessage {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 mod tests {
     use super::*;
     use crate::sip::transport::Peer;
