@@ -659,11 +659,7 @@ impl Engine {
     }
 
     fn contact_for(&self, peer: &Peer) -> String {
-        let ip = self.local_ip(peer);
-        let host = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
+        let host = uri_host(self.local_ip(peer));
         let transport = match peer.transport {
             crate::sip::transport::Transport::Udp => "",
             crate::sip::transport::Transport::Tcp => ";transport=tcp",
@@ -1346,24 +1342,15 @@ impl Engine {
     /// Sends BYE within the call's dialog (RFC 3261 15.1.1) and waits for its transaction.
     fn send_bye(&mut self, now: Instant, number: u64) {
         let branch = format!("z9hG4bK{}", self.random_token());
+        let Some(peer) = self.calls.get(&number).map(|c| c.peer) else {
+            return;
+        };
+        let host = uri_host(self.local_ip(&peer));
         let Some(call) = self.calls.get_mut(&number) else {
             return;
         };
         call.local_cseq += 1;
         call.state = CallState::Terminating;
-        let peer = call.peer;
-        let ip = {
-            let ip = peer.local.ip();
-            if ip.is_unspecified() {
-                self.config.advertised_ip
-            } else {
-                ip
-            }
-        };
-        let host = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
         let mut bye = SipMessage {
             start: StartLine::Request {
                 method: "BYE".into(),
@@ -1717,6 +1704,14 @@ fn dtmf_relay_digit(body: &[u8]) -> Option<char> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An IP address as the host part of a SIP URI or Via (IPv6 in brackets).
+fn uri_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
 }
 
 fn json_string(s: &str) -> String {

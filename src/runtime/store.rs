@@ -110,45 +110,31 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        // One body for both backends: only the pool and the placeholder syntax differ.
+        macro_rules! append_in_transaction {
+            ($pool:expr, $db:ty) => {{
+                let mut tx = $pool.begin().await?;
+                for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+                    let mut query = QueryBuilder::<$db>::new(INSERT_PREFIX);
+                    query.push_values(chunk, |mut row, e| {
+                        row.push_bind(e.occurred_at_ms)
+                            .push_bind(&e.call_ref)
+                            .push_bind(&e.sip_call_id)
+                            .push_bind(&e.kind)
+                            .push_bind(e.status_code)
+                            .push_bind(&e.reason)
+                            .push_bind(e.duration_ms)
+                            .push_bind(&e.caller)
+                            .push_bind(&e.detail);
+                    });
+                    query.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }};
+        }
         match self {
-            Store::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-                    let mut query = QueryBuilder::<Sqlite>::new(INSERT_PREFIX);
-                    query.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.occurred_at_ms)
-                            .push_bind(&e.call_ref)
-                            .push_bind(&e.sip_call_id)
-                            .push_bind(&e.kind)
-                            .push_bind(e.status_code)
-                            .push_bind(&e.reason)
-                            .push_bind(e.duration_ms)
-                            .push_bind(&e.caller)
-                            .push_bind(&e.detail);
-                    });
-                    query.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }
-            Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-                    let mut query = QueryBuilder::<Postgres>::new(INSERT_PREFIX);
-                    query.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.occurred_at_ms)
-                            .push_bind(&e.call_ref)
-                            .push_bind(&e.sip_call_id)
-                            .push_bind(&e.kind)
-                            .push_bind(e.status_code)
-                            .push_bind(&e.reason)
-                            .push_bind(e.duration_ms)
-                            .push_bind(&e.caller)
-                            .push_bind(&e.detail);
-                    });
-                    query.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }
+            Store::Sqlite(pool) => append_in_transaction!(pool, Sqlite),
+            Store::Postgres(pool) => append_in_transaction!(pool, Postgres),
         }
         Ok(())
     }
