@@ -30,3 +30,4 @@ pub mod media;
 pub mod numbers;
 pub mod runtime;
 pub mod sip;
+pub mod speech;

