@@ -1,5 +1,6 @@
 //! Speech to case drafts: importing the Whisper model shipped on PyPI (CTranslate2 format) into
-//! the ggml file whisper.cpp loads. Transcription itself and the case-draft extraction are the
-//! rest of the speech issue; this module is pure (files in, files out, no clock).
+//! the ggml file whisper.cpp loads, and turning a transcript into a case draft (category,
+//! department, address, description). Pure; the whisper call itself will live in `runtime/`.
 
+pub mod case_draft;
 pub mod model_import;
