@@ -49,6 +49,26 @@ pub struct EventRow {
     pub event: StoredEvent,
 }
 
+/// A case as stored. `case_number` is digits only, so a caller can key it in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseRecord {
+    pub case_number: String,
+    pub status: String,
+    pub category: Option<String>,
+    pub department: Option<String>,
+    pub address: Option<String>,
+    pub description: Option<String>,
+    pub audio_path: Option<String>,
+    pub call_ref: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Case numbers start here so they are always seven digits for the first nine million cases.
+const FIRST_CASE_NUMBER: i64 = 1_000_000;
+
+const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, created_at_ms, updated_at_ms FROM cases";
+
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(SqlitePool),
@@ -182,6 +202,109 @@ impl Store {
             Store::Sqlite(pool) => fetch!(pool, Sqlite),
             Store::Postgres(pool) => fetch!(pool, Postgres),
         }
+    }
+
+    /// Stores a new open case for a call's recording and gives it its number, in one transaction.
+    pub async fn create_case(
+        &self,
+        call_ref: &str,
+        audio_path: Option<&str>,
+        now_ms: i64,
+    ) -> Result<CaseRecord, StoreError> {
+        // The number comes from the row id, so it is unique and never reused; a unique
+        // placeholder holds the NOT NULL UNIQUE column until the id is known.
+        let placeholder = format!("pending-{call_ref}-{now_ms}-{}", rand::random::<u64>());
+        macro_rules! create {
+            ($pool:expr, $db:ty) => {{
+                let mut tx = $pool.begin().await?;
+                let id: i64 = sqlx::query_scalar::<$db, i64>(
+                    "INSERT INTO cases (case_number, status, audio_path, call_ref, created_at_ms, updated_at_ms) \
+                     VALUES ($1, 'open', $2, $3, $4, $4) RETURNING id",
+                )
+                .bind(&placeholder)
+                .bind(audio_path)
+                .bind(call_ref)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                let number = (FIRST_CASE_NUMBER + id).to_string();
+                sqlx::query::<$db>("UPDATE cases SET case_number = $1 WHERE id = $2")
+                    .bind(&number)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                number
+            }};
+        }
+        let number = match self {
+            Store::Sqlite(pool) => create!(pool, Sqlite),
+            Store::Postgres(pool) => create!(pool, Postgres),
+        };
+        self.find_case(&number)
+            .await?
+            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// The case with this number, if any. The number is a bound parameter, never SQL text.
+    pub async fn find_case(&self, number: &str) -> Result<Option<CaseRecord>, StoreError> {
+        macro_rules! find {
+            ($pool:expr, $db:ty) => {{
+                let row = sqlx::query::<$db>(&format!("{CASE_COLUMNS} WHERE case_number = $1"))
+                    .bind(number)
+                    .fetch_optional($pool)
+                    .await?;
+                match row {
+                    None => None,
+                    Some(r) => Some(CaseRecord {
+                        case_number: r.try_get("case_number")?,
+                        status: r.try_get("status")?,
+                        category: r.try_get("category")?,
+                        department: r.try_get("department")?,
+                        address: r.try_get("address")?,
+                        description: r.try_get("description")?,
+                        audio_path: r.try_get("audio_path")?,
+                        call_ref: r.try_get("call_ref")?,
+                        created_at_ms: r.try_get("created_at_ms")?,
+                        updated_at_ms: r.try_get("updated_at_ms")?,
+                    }),
+                }
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => find!(pool, Sqlite),
+            Store::Postgres(pool) => find!(pool, Postgres),
+        })
+    }
+
+    /// Sets a case's status (open, closed) and its department; false when there is no such case.
+    pub async fn update_case(
+        &self,
+        number: &str,
+        status: &str,
+        department: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE cases SET status = $1, department = COALESCE($2, department), updated_at_ms = $3 WHERE case_number = $4";
+        let affected = match self {
+            Store::Sqlite(pool) => sqlx::query(sql)
+                .bind(status)
+                .bind(department)
+                .bind(now_ms)
+                .bind(number)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Store::Postgres(pool) => sqlx::query(sql)
+                .bind(status)
+                .bind(department)
+                .bind(now_ms)
+                .bind(number)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(affected == 1)
     }
 
     /// Number of events per kind, for summaries and tests.
