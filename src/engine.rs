@@ -15,7 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::events::{CallEvent, EventKind};
-use crate::ivr::{Flow, IvrAction, IvrEvent, IvrSession};
+use crate::ivr::{CaseInfo, Flow, IvrAction, IvrEvent, IvrSession};
 use crate::sip::headers::{uri_scheme, CSeq, NameAddr, SipUri, Via};
 use crate::sip::message::{SipMessage, StartLine};
 use crate::sip::response::{build_response, response_destination};
@@ -85,6 +85,21 @@ pub enum Input {
     Shutdown,
     /// Something the media layer observed on a call.
     Media { call_ref: String, event: MediaEvent },
+    /// The store's answer to `Output::CreateCase` or `Output::LookupCase`.
+    Case { call_ref: String, event: CaseEvent },
+}
+
+/// Answers from the case store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseEvent {
+    Created {
+        number: String,
+    },
+    /// The case could not be stored; `reason` is the store's error. The recording stays on disk.
+    CreateFailed {
+        reason: String,
+    },
+    Found(Option<CaseInfo>),
 }
 
 /// Reports from the runtime's RTP layer.
@@ -166,6 +181,16 @@ pub enum Output {
     },
     Media(MediaCommand),
     Record(CallEvent),
+    /// Store a new open case for this call's recording, then answer `Input::Case`.
+    CreateCase {
+        call_ref: String,
+        audio_path: Option<String>,
+    },
+    /// Find a case by number, then answer `Input::Case`.
+    LookupCase {
+        call_ref: String,
+        number: String,
+    },
     /// A caller's recorded utterance, ready for the transcription stage.
     Utterance {
         call_ref: String,
@@ -228,6 +253,8 @@ struct Call {
     hangup_after_prompt: Option<&'static str>,
     /// Id of the playback in progress; other PromptFinished reports are stale.
     play_id: u64,
+    /// The caller's last recording, for the case it becomes.
+    last_recording: Option<String>,
 }
 
 /// RTP ports the runtime bound in advance; reused least-recently-released first so late packets
@@ -352,6 +379,7 @@ impl Engine {
             Input::Sip { peer, bytes } => self.handle_sip(now, peer, &bytes),
             Input::Shutdown => self.shutdown(now),
             Input::Media { call_ref, event } => self.handle_media(now, &call_ref, event),
+            Input::Case { call_ref, event } => self.handle_case(now, &call_ref, event),
         }
         self.drain_transactions(now);
     }
@@ -863,6 +891,7 @@ impl Engine {
             ivr_deadline: None,
             hangup_after_prompt: None,
             play_id: 0,
+            last_recording: None,
         };
         self.emit(received);
         self.dialogs
@@ -1045,6 +1074,9 @@ impl Engine {
                 path,
                 reason,
             } => {
+                if let Some(call) = self.calls.get_mut(&number) {
+                    call.last_recording = path.clone();
+                }
                 if let Some(path) = &path {
                     self.outputs.push_back(Output::Utterance {
                         call_ref: call_ref.to_string(),
@@ -1059,6 +1091,45 @@ impl Engine {
                 self.emit(event);
                 IvrEvent::RecordingFinished { duration }
             }
+        };
+        let Some(flow) = self.config.flow.clone() else {
+            return;
+        };
+        let Some(ivr) = self.calls.get_mut(&number).and_then(|c| c.ivr.as_mut()) else {
+            return;
+        };
+        let actions = ivr.handle(&flow, now, ivr_event);
+        self.apply_ivr(now, number, actions);
+    }
+
+    /// The case store answered: record it and let the IVR tell the caller.
+    fn handle_case(&mut self, now: Instant, call_ref: &str, event: CaseEvent) {
+        let Some(&number) = self.call_refs.get(call_ref) else {
+            return;
+        };
+        let ivr_event = match event {
+            CaseEvent::Created {
+                number: case_number,
+            } => {
+                let mut record = self.record_for(number, now, EventKind::CaseCreated);
+                record.detail = Some(format!("{{\"case_number\":{}}}", json_string(&case_number)));
+                self.emit(record);
+                IvrEvent::CaseCreated {
+                    number: case_number,
+                }
+            }
+            CaseEvent::CreateFailed { reason } => {
+                // Loud, never silent: the failure is in the log and the caller goes on to a person.
+                let mut record = self.record_for(number, now, EventKind::Failed);
+                record.reason = Some(format!("case_store_failed: {reason}"));
+                record.detail = self.calls[&number]
+                    .last_recording
+                    .as_ref()
+                    .map(|p| format!("{{\"audio_path\":{}}}", json_string(p)));
+                self.emit(record);
+                IvrEvent::CaseCreateFailed
+            }
+            CaseEvent::Found(found) => IvrEvent::CaseFound(found),
         };
         let Some(flow) = self.config.flow.clone() else {
             return;
@@ -1125,6 +1196,24 @@ impl Engine {
                 ),
                 // The IVR asks to hang up once its prompts have played, so this is the moment.
                 IvrAction::Hangup => self.record_end_and_bye(now, number, "ivr_hangup"),
+                IvrAction::CreateCase => {
+                    let audio_path = self
+                        .calls
+                        .get(&number)
+                        .and_then(|c| c.last_recording.clone());
+                    self.outputs.push_back(Output::CreateCase {
+                        call_ref: call_ref.clone(),
+                        audio_path,
+                    });
+                }
+                IvrAction::LookupCase {
+                    number: case_number,
+                } => {
+                    self.outputs.push_back(Output::LookupCase {
+                        call_ref: call_ref.clone(),
+                        number: case_number,
+                    });
+                }
             }
         }
         // Mirror the IVR's deadline into the engine's timer set.

@@ -29,6 +29,8 @@ pub enum EventKind {
     RtpStats,
     /// Prompts queued for the caller (`detail.prompts`, `detail.language`).
     Prompt,
+    /// A case was stored for the call (`detail.case_number`).
+    CaseCreated,
 }
 
 impl EventKind {
@@ -46,6 +48,7 @@ impl EventKind {
             EventKind::HandOff => "handoff",
             EventKind::RtpStats => "rtp_stats",
             EventKind::Prompt => "prompt",
+            EventKind::CaseCreated => "case_created",
         }
     }
 
@@ -63,6 +66,7 @@ impl EventKind {
             EventKind::HandOff,
             EventKind::RtpStats,
             EventKind::Prompt,
+            EventKind::CaseCreated,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

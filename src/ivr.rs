@@ -74,6 +74,10 @@ pub enum StepKind {
     Handoff { queue: String },
     /// Play prompts, then hang up.
     Hangup,
+    /// Store a case for the caller's last recording, read its number back, go on.
+    CaseCreate { next: usize },
+    /// Look up the case whose number the caller last keyed in, say its status, go on.
+    CaseStatus { next: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,12 +252,19 @@ impl Flow {
                     })?,
                 },
                 "hangup" => StepKind::Hangup,
+                "case_create" => StepKind::CaseCreate {
+                    next: need_next("case_create")?,
+                },
+                "case_status" => StepKind::CaseStatus {
+                    next: need_next("case_status")?,
+                },
                 other => {
                     return Err(err(
                         step.kind.span().start,
                         format!(
-                        "unknown step kind {other:?} (menu, record, digits, say, handoff, hangup)"
-                    ),
+                            "unknown step kind {other:?} (menu, record, digits, say, handoff, \
+                             hangup, case_create, case_status)"
+                        ),
                     ))
                 }
             };
@@ -289,6 +300,21 @@ pub enum IvrEvent {
     RecordingFinished {
         duration: Duration,
     },
+    /// The case asked for by `CreateCase` is stored under this number.
+    CaseCreated {
+        number: String,
+    },
+    /// The case could not be stored (the recording is kept; the caller goes to `on_fail`).
+    CaseCreateFailed,
+    /// The answer to `LookupCase`: `None` when no case has that number.
+    CaseFound(Option<CaseInfo>),
+}
+
+/// What a caller is told about a case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseInfo {
+    pub open: bool,
+    pub days_open: u32,
 }
 
 /// What the engine must do.
@@ -319,6 +345,12 @@ pub enum IvrAction {
         queue: String,
     },
     Hangup,
+    /// Store a case for the caller's last recording; answered by `CaseCreated`.
+    CreateCase,
+    /// Find the case with this number; answered by `CaseFound`.
+    LookupCase {
+        number: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,6 +358,10 @@ enum Phase {
     Prompting,
     Waiting,
     Recording,
+    /// Waiting for the store (case created or found); then its prompts play.
+    Store,
+    /// Playing what the store answered; `PromptFinished` moves on.
+    Telling,
     Done,
 }
 
@@ -337,6 +373,8 @@ pub struct IvrSession {
     pub language: String,
     phase: Phase,
     digits: String,
+    /// The digits of the last completed `digits` step (a case number, for `case_status`).
+    last_digits: Option<String>,
     deadline: Option<Instant>,
 }
 
@@ -348,6 +386,7 @@ impl IvrSession {
             language: flow.languages[0].clone(),
             phase: Phase::Prompting,
             digits: String::new(),
+            last_digits: None,
             deadline: None,
         };
         let mut actions = Vec::new();
@@ -434,6 +473,15 @@ impl IvrSession {
                 self.phase = Phase::Done;
                 actions.push(IvrAction::Hangup);
             }
+            StepKind::CaseCreate { .. } => {
+                self.phase = Phase::Store;
+                actions.push(IvrAction::CreateCase);
+            }
+            StepKind::CaseStatus { .. } => {
+                self.phase = Phase::Store;
+                let number = self.last_digits.clone().unwrap_or_default();
+                actions.push(IvrAction::LookupCase { number });
+            }
             StepKind::Handoff { .. } => {}
         }
     }
@@ -467,7 +515,43 @@ impl IvrSession {
             IvrEvent::PromptFinished if self.phase == Phase::Prompting => {
                 self.after_prompt(flow, now, &mut actions)
             }
+            IvrEvent::PromptFinished if self.phase == Phase::Telling => {
+                if let StepKind::CaseCreate { next } | StepKind::CaseStatus { next } = step.kind {
+                    self.enter(flow, next, now, &mut actions);
+                }
+            }
             IvrEvent::PromptFinished => {}
+            IvrEvent::CaseCreated { number } if self.phase == Phase::Store => {
+                let mut prompts = vec!["your_case_number_is".to_string()];
+                prompts.extend(crate::numbers::say_digits(&number));
+                self.tell(prompts, &mut actions);
+            }
+            IvrEvent::CaseCreateFailed if self.phase == Phase::Store => match step.on_fail {
+                Some(target) => self.enter(flow, target, now, &mut actions),
+                None => {
+                    self.phase = Phase::Done;
+                    actions.push(IvrAction::Hangup);
+                }
+            },
+            IvrEvent::CaseFound(found) if self.phase == Phase::Store => {
+                let prompts = match found {
+                    Some(info) => {
+                        let status = if info.open {
+                            "case_status_open"
+                        } else {
+                            "case_status_closed"
+                        };
+                        let mut prompts = vec![status.to_string()];
+                        prompts.extend(crate::numbers::say_number(info.days_open, &self.language));
+                        prompts.push("days_open".into());
+                        prompts
+                    }
+                    // No such case: the retry prompt ("sorry, I didn't get that") says so.
+                    None => vec![flow.retry_prompt.clone()],
+                };
+                self.tell(prompts, &mut actions);
+            }
+            IvrEvent::CaseCreated { .. } | IvrEvent::CaseCreateFailed | IvrEvent::CaseFound(_) => {}
             IvrEvent::Digit(digit) => match (&step.kind, self.phase) {
                 (StepKind::Menu { keys }, Phase::Prompting | Phase::Waiting) => {
                     if self.phase == Phase::Prompting {
@@ -496,9 +580,11 @@ impl IvrSession {
                         if self.digits.is_empty() {
                             self.fail(flow, now, &mut actions);
                         } else {
+                            let digits = std::mem::take(&mut self.digits);
+                            self.last_digits = Some(digits.clone());
                             actions.push(IvrAction::DigitsCollected {
                                 step: step.id.clone(),
-                                digits: std::mem::take(&mut self.digits),
+                                digits,
                             });
                             let next = *next;
                             self.enter(flow, next, now, &mut actions);
@@ -522,6 +608,14 @@ impl IvrSession {
             }
         }
         actions
+    }
+
+    fn tell(&mut self, prompts: Vec<String>, actions: &mut Vec<IvrAction>) {
+        self.phase = Phase::Telling;
+        actions.push(IvrAction::Play {
+            prompts,
+            language: self.language.clone(),
+        });
     }
 
     pub fn handle_timeout(&mut self, flow: &Flow, now: Instant) -> Vec<IvrAction> {
@@ -691,6 +785,87 @@ queue = "general"
             }
         }
         assert_eq!(collected.as_deref(), Some("4711"));
+    }
+
+    #[test]
+    fn cases_are_created_read_back_and_looked_up() {
+        let text = r#"
+start = "menu"
+languages = ["en"]
+retry_prompt = "sorry"
+
+[[step]]
+id = "menu"
+kind = "menu"
+keys = { "1" = "create", "2" = "number" }
+
+[[step]]
+id = "create"
+kind = "case_create"
+next = "bye"
+on_fail = "bye"
+
+[[step]]
+id = "number"
+kind = "digits"
+next = "status"
+
+[[step]]
+id = "status"
+kind = "case_status"
+next = "bye"
+
+[[step]]
+id = "bye"
+kind = "hangup"
+prompts = ["goodbye"]
+"#;
+        let flow = Flow::parse(text, Path::new("f"), &|_| true).unwrap();
+        let t0 = Instant::now();
+        let (mut s, _) = IvrSession::start(&flow, t0);
+        s.handle(&flow, t0, IvrEvent::PromptFinished);
+        let actions = s.handle(&flow, t0, IvrEvent::Digit('1'));
+        assert!(actions.contains(&IvrAction::CreateCase));
+        let actions = s.handle(
+            &flow,
+            t0,
+            IvrEvent::CaseCreated {
+                number: "1000042".into(),
+            },
+        );
+        assert_eq!(
+            played(&actions),
+            ["your_case_number_is+digit_1+digit_0+digit_0+digit_0+digit_0+digit_4+digit_2"]
+        );
+        let actions = s.handle(&flow, t0, IvrEvent::PromptFinished);
+        assert_eq!(played(&actions), ["goodbye"]);
+
+        let (mut s, _) = IvrSession::start(&flow, t0);
+        s.handle(&flow, t0, IvrEvent::Digit('2'));
+        s.handle(&flow, t0, IvrEvent::PromptFinished);
+        let mut lookup = Vec::new();
+        for d in "1000042#".chars() {
+            lookup.extend(s.handle(&flow, t0, IvrEvent::Digit(d)));
+        }
+        assert!(
+            lookup.contains(&IvrAction::LookupCase {
+                number: "1000042".into()
+            }),
+            "{lookup:?}"
+        );
+        let actions = s.handle(
+            &flow,
+            t0,
+            IvrEvent::CaseFound(Some(CaseInfo {
+                open: true,
+                days_open: 12,
+            })),
+        );
+        assert_eq!(played(&actions), ["case_status_open+number_12+days_open"]);
+        s.handle(&flow, t0, IvrEvent::PromptFinished);
+        assert!(s
+            .handle(&flow, t0, IvrEvent::PromptFinished)
+            .contains(&IvrAction::Hangup));
     }
 
     #[test]

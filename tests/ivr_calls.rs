@@ -33,6 +33,7 @@ struct World {
     last_play_id: u64,
     captures: usize,
     utterances: Vec<String>,
+    case_requests: Vec<String>,
     sent: Vec<SipMessage>,
 }
 
@@ -56,6 +57,10 @@ impl World {
                 Output::Media(MediaCommand::StartCapture { .. }) => self.captures += 1,
                 Output::Media(_) => {}
                 Output::Utterance { path, .. } => self.utterances.push(path),
+                Output::CreateCase { audio_path, .. } => {
+                    self.case_requests.push(audio_path.unwrap_or_default())
+                }
+                Output::LookupCase { number, .. } => self.case_requests.push(number),
             }
         }
     }
@@ -99,6 +104,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
         last_play_id: 0,
         captures: 0,
         utterances: Vec::new(),
+        case_requests: Vec::new(),
         sent: Vec::new(),
     };
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -267,7 +273,7 @@ async fn broken_flow_or_missing_prompt_stops_start_up_with_file_and_line() {
             .expect("start-up refused")
     );
     assert!(
-        error.contains("ivr.toml:42:") && error.contains("no step named \"confirm_recordin\""),
+        error.contains("ivr.toml:44:") && error.contains("no step named \"confirm_recordin\""),
         "{error}"
     );
 
@@ -284,4 +290,96 @@ async fn broken_flow_or_missing_prompt_stops_start_up_with_file_and_line() {
             .expect("start-up refused")
     );
     assert!(error.contains("unknown prompt \"transfering\""), "{error}");
+}
+
+/// Menu option 2: the caller keys a case number (RFC 4733 keys via the media layer), the engine
+/// asks the store, and the caller hears the status and how many days the case has been open.
+#[test]
+fn case_status_by_phone() {
+    let t0 = Instant::now();
+    let config = EngineConfig {
+        flow: Some(flow()),
+        ..EngineConfig::default()
+    };
+    let mut w = World {
+        engine: Engine::new(config, PortPool::new(20000..20010), 5),
+        peer: Peer::udp(
+            "127.0.0.1:5060".parse().unwrap(),
+            "127.0.0.1:5098".parse().unwrap(),
+        ),
+        events: Vec::new(),
+        played: Vec::new(),
+        last_play_id: 0,
+        captures: 0,
+        utterances: Vec::new(),
+        case_requests: Vec::new(),
+        sent: Vec::new(),
+    };
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let head = "Via: SIP/2.0/UDP 127.0.0.1:5098;branch=z9hG4bK";
+    w.sip(t0, format!("INVITE sip:311@127.0.0.1 SIP/2.0\r\n{head}s1\r\nFrom: <sip:5553334444@127.0.0.1>;tag=s\r\nTo: <sip:311@127.0.0.1>\r\nCall-ID: status-1\r\nCSeq: 1 INVITE\r\nContact: <sip:s@127.0.0.1:5098>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    let ok = w
+        .sent
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .unwrap()
+        .clone();
+    let dialog = format!(
+        "From: {}\r\nTo: {}\r\nCall-ID: status-1\r\n",
+        ok.header("From").unwrap(),
+        ok.header("To").unwrap()
+    );
+    w.sip(
+        t0,
+        format!("ACK sip:311@127.0.0.1 SIP/2.0\r\n{head}s2\r\n{dialog}CSeq: 1 ACK\r\n\r\n"),
+    );
+    for key in "12".chars() {
+        w.media(t0, MediaEvent::Digit(key));
+    }
+    assert_eq!(w.played.last().unwrap().1, ["enter_case_number"]);
+    for key in "1000007#".chars() {
+        w.media(t0, MediaEvent::Digit(key));
+    }
+    assert_eq!(
+        w.case_requests,
+        ["1000007"],
+        "the engine asks the store for the keyed number"
+    );
+    let call_ref = w.events[0].call_ref.clone();
+    w.engine.handle_input(
+        t0,
+        Input::Case {
+            call_ref,
+            event: civicline::engine::CaseEvent::Found(Some(civicline::ivr::CaseInfo {
+                open: true,
+                days_open: 3,
+            })),
+        },
+    );
+    w.drain();
+    assert_eq!(
+        w.played.last().unwrap().1,
+        ["case_status_open", "digit_3", "days_open"]
+    );
+    w.prompt_done(t0);
+    assert_eq!(w.played.last().unwrap().1, ["goodbye"]);
+    w.prompt_done(t0);
+    assert_eq!(w.sent.last().unwrap().method(), Some("BYE"));
+    let steps: Vec<String> = w
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::IvrStep)
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "language",
+            "main_menu",
+            "case_number",
+            "case_number:collected",
+            "case_status",
+            "goodbye"
+        ]
+    );
 }

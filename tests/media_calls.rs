@@ -108,6 +108,7 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
             "main_menu",
             "describe_problem",
             "confirm_recording",
+            "create_case",
             "agent"
         ]
     );
@@ -142,6 +143,7 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
             "main_menu",
             "describe_problem+tone",
             "confirm_recording",
+            "your_case_number_is+digit_1+digit_0+digit_0+digit_0+digit_0+digit_0+digit_1",
             "transferring+all_agents_busy"
         ],
         "the prompts played, in order"
@@ -168,6 +170,26 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
     assert!(loudest > 1000.0, "loudest second RMS {loudest}");
     let ended = rows.iter().find(|r| r.event.kind == "ended").unwrap();
     assert_eq!(ended.event.reason.as_deref(), Some("handoff_placeholder"));
+    // The report became case 1000001 at once, linked to its recording, and was read back.
+    let created = rows
+        .iter()
+        .find(|r| r.event.kind == "case_created")
+        .expect("case_created");
+    assert_eq!(
+        created.event.detail.as_deref(),
+        Some(r#"{"case_number":"1000001"}"#)
+    );
+    let case = store
+        .find_case("1000001")
+        .await
+        .unwrap()
+        .expect("the case is stored");
+    assert_eq!(case.status, "open");
+    assert_eq!(case.audio_path.as_deref(), detail["path"].as_str());
+    assert_eq!(
+        case.call_ref.as_deref(),
+        Some(created.event.call_ref.as_str())
+    );
     let stats = rows
         .iter()
         .find(|r| r.event.kind == "rtp_stats")

@@ -87,7 +87,7 @@ fn drain(engine: &mut Engine) -> (Vec<(SocketAddr, SipMessage)>, Vec<CallEvent>)
                 sent.push((to.remote, SipMessage::parse(&bytes).unwrap()))
             }
             Output::Record(event) => events.push(event),
-            Output::Media(_) | Output::Utterance { .. } => {}
+            _ => {}
         }
     }
     (sent, events)
@@ -452,7 +452,7 @@ fn run_lossy_world(seed: u64, calls: usize, loss_percent: u64) -> Result<usize, 
                     }
                 }
                 Output::Record(event) => events.push(event),
-                Output::Media(_) | Output::Utterance { .. } => {}
+                _ => {}
             }
         }
         // Advance to the next thing that happens.

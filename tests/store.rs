@@ -142,20 +142,45 @@ async fn writer_commits_everything_it_acknowledges(backend: &str) {
 async fn cases_get_unique_numbers_and_are_found_again(backend: &str) {
     let (url, _dir) = database_url(backend).await;
     let store = Store::connect(&url).await.unwrap();
-    let first = store.create_case("call-1", Some("data/recordings/call-1-1.wav"), 1_790_000_000_000).await.unwrap();
-    let second = store.create_case("call-2", None, 1_790_000_001_000).await.unwrap();
+    let first = store
+        .create_case(
+            "call-1",
+            Some("data/recordings/call-1-1.wav"),
+            1_790_000_000_000,
+        )
+        .await
+        .unwrap();
+    let second = store
+        .create_case("call-2", None, 1_790_000_001_000)
+        .await
+        .unwrap();
     assert_eq!(first.case_number, "1000001");
     assert_eq!(second.case_number, "1000002");
-    assert!(first.case_number.bytes().all(|b| b.is_ascii_digit()), "keyable on a phone");
+    assert!(
+        first.case_number.bytes().all(|b| b.is_ascii_digit()),
+        "keyable on a phone"
+    );
     assert_eq!(first.status, "open");
     let found = store.find_case("1000001").await.unwrap().unwrap();
     assert_eq!(found, first);
-    assert_eq!(found.audio_path.as_deref(), Some("data/recordings/call-1-1.wav"));
+    assert_eq!(
+        found.audio_path.as_deref(),
+        Some("data/recordings/call-1-1.wav")
+    );
     assert!(store.find_case("999").await.unwrap().is_none());
-    assert!(store.find_case("1' OR '1'='1").await.unwrap().is_none(), "bound, never SQL text");
-    assert!(store.update_case("1000002", "closed", Some("Water"), 1_790_000_002_000).await.unwrap());
+    assert!(
+        store.find_case("1' OR '1'='1").await.unwrap().is_none(),
+        "bound, never SQL text"
+    );
+    assert!(store
+        .update_case("1000002", "closed", Some("Water"), 1_790_000_002_000)
+        .await
+        .unwrap());
     let closed = store.find_case("1000002").await.unwrap().unwrap();
-    assert_eq!((closed.status.as_str(), closed.department.as_deref()), ("closed", Some("Water")));
+    assert_eq!(
+        (closed.status.as_str(), closed.department.as_deref()),
+        ("closed", Some("Water"))
+    );
     assert!(!store.update_case("42", "closed", None, 0).await.unwrap());
     store.close().await;
 }

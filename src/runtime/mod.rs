@@ -156,7 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let media = media::spawn(
         rtp.into_sockets(),
         Arc::new(media::PromptFrames::new(&prompts, &languages)),
-        inbound_tx,
+        inbound_tx.clone(),
         media::MediaSettings {
             rtp_timeout: Duration::from_secs(config.media.rtp_timeout_s),
             recordings_dir: config.store.data_dir.join("recordings"),
@@ -201,6 +201,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let grace = Duration::from_millis(config.sip.shutdown_grace_ms);
     let server_log = log.clone();
+    let cases = CaseStore {
+        store: store.clone(),
+        answers: inbound_tx,
+    };
     let engine_task = tokio::spawn(async move {
         let closer = log.clone();
         let result = engine_loop(
@@ -212,6 +216,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             shutdown_rx,
             grace,
             media,
+            cases,
         )
         .await;
         let _ = io_stop_tx.send(true);
@@ -295,6 +300,7 @@ async fn engine_loop(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     media: media::MediaHandle,
+    cases: CaseStore,
 ) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let now = || tokio::time::Instant::now().into_std();
@@ -349,6 +355,13 @@ async fn engine_loop(
                     log.append(stored_event(&clock, &event));
                 }
                 Output::Media(command) => media.apply(command),
+                Output::CreateCase {
+                    call_ref,
+                    audio_path,
+                } => cases.create(call_ref, audio_path, clock.unix_ms(now())),
+                Output::LookupCase { call_ref, number } => {
+                    cases.lookup(call_ref, number, clock.unix_ms(now()))
+                }
                 // Transcription arrives with the speech issue; the WAV and its event are kept.
                 Output::Utterance { call_ref, path, .. } => {
                     tracing::debug!(%call_ref, %path, "utterance recorded; no transcriber configured yet")
@@ -395,6 +408,64 @@ async fn engine_loop(
     }
     log.flush_with_timeout(grace).await;
     Ok(())
+}
+
+/// Case store work off the engine task: each request runs as its own task and answers through
+/// the engine's inbound channel, so a slow database never stalls calls.
+struct CaseStore {
+    store: Store,
+    answers: mpsc::Sender<Input>,
+}
+
+impl CaseStore {
+    fn create(&self, call_ref: String, audio_path: Option<String>, now_ms: i64) {
+        let (store, answers) = (self.store.clone(), self.answers.clone());
+        tokio::spawn(async move {
+            // A few tries before giving up: a brief lock or connection blip must not cost a case.
+            let mut last_error = String::new();
+            let mut event = None;
+            for attempt in 0..3u64 {
+                match store
+                    .create_case(&call_ref, audio_path.as_deref(), now_ms)
+                    .await
+                {
+                    Ok(case) => {
+                        event = Some(crate::engine::CaseEvent::Created {
+                            number: case.case_number,
+                        });
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, attempt, "storing a case failed");
+                        last_error = error.to_string();
+                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                    }
+                }
+            }
+            let event =
+                event.unwrap_or(crate::engine::CaseEvent::CreateFailed { reason: last_error });
+            let _ = answers.send(Input::Case { call_ref, event }).await;
+        });
+    }
+
+    fn lookup(&self, call_ref: String, number: String, now_ms: i64) {
+        let (store, answers) = (self.store.clone(), self.answers.clone());
+        tokio::spawn(async move {
+            let found = match store.find_case(&number).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::error!(%error, "looking up a case failed");
+                    None
+                }
+            };
+            let info = found.map(|case| crate::ivr::CaseInfo {
+                open: case.status == "open",
+                days_open: ((now_ms - case.created_at_ms).max(0) / 86_400_000) as u32,
+            });
+            let event = crate::engine::CaseEvent::Found(info);
+            let _ = answers.send(Input::Case { call_ref, event }).await;
+        });
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
