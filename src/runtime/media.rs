@@ -47,16 +47,13 @@ pub struct PromptFrames {
 }
 
 impl PromptFrames {
-    pub fn new(store: &PromptStore, languages: &[String]) -> PromptFrames {
+    pub fn new(store: &PromptStore) -> PromptFrames {
         let mut encoded = HashMap::new();
-        let mut folders = languages.to_vec();
-        folders.push("common".into());
         for (language, id, samples) in store.iter() {
             let mut ulaw = Vec::with_capacity(samples.len());
             let mut alaw = Vec::with_capacity(samples.len());
             Law::Ulaw.encode(&samples, &mut ulaw);
             Law::Alaw.encode(&samples, &mut alaw);
-            let _ = &folders;
             encoded.insert(
                 (language.to_string(), id.to_string()),
                 EncodedPrompt {
@@ -65,7 +62,6 @@ impl PromptFrames {
                 },
             );
         }
-        let _ = folders;
         PromptFrames { encoded }
     }
 

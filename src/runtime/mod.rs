@@ -149,13 +149,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         inbound_tx.clone(),
         io_stop_rx.clone(),
     );
-    let languages = flow
-        .as_ref()
-        .map(|f| f.languages.clone())
-        .unwrap_or_default();
     let media = media::spawn(
         rtp.into_sockets(),
-        Arc::new(media::PromptFrames::new(&prompts, &languages)),
+        Arc::new(media::PromptFrames::new(&prompts)),
         inbound_tx.clone(),
         media::MediaSettings {
             rtp_timeout: Duration::from_secs(config.media.rtp_timeout_s),
