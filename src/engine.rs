@@ -1092,14 +1092,7 @@ impl Engine {
                 IvrEvent::RecordingFinished { duration }
             }
         };
-        let Some(flow) = self.config.flow.clone() else {
-            return;
-        };
-        let Some(ivr) = self.calls.get_mut(&number).and_then(|c| c.ivr.as_mut()) else {
-            return;
-        };
-        let actions = ivr.handle(&flow, now, ivr_event);
-        self.apply_ivr(now, number, actions);
+        self.feed_ivr(now, number, ivr_event);
     }
 
     /// The case store answered: record it and let the IVR tell the caller.
@@ -1131,13 +1124,18 @@ impl Engine {
             }
             CaseEvent::Found(found) => IvrEvent::CaseFound(found),
         };
+        self.feed_ivr(now, number, ivr_event);
+    }
+
+    /// Hands an event to the call's IVR session and carries out what it decides.
+    fn feed_ivr(&mut self, now: Instant, number: u64, event: IvrEvent) {
         let Some(flow) = self.config.flow.clone() else {
             return;
         };
         let Some(ivr) = self.calls.get_mut(&number).and_then(|c| c.ivr.as_mut()) else {
             return;
         };
-        let actions = ivr.handle(&flow, now, ivr_event);
+        let actions = ivr.handle(&flow, now, event);
         self.apply_ivr(now, number, actions);
     }
 

@@ -86,15 +86,18 @@ impl World {
     }
 }
 
-#[test]
-fn default_flow_walks_menu_records_and_hands_off() {
-    let t0 = Instant::now();
+/// Via prefix of the simulated caller's requests (a branch suffix follows).
+const HEAD: &str = "Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK";
+
+/// A caller on the bundled flow: INVITE (PCMU + telephone-event), 200, ACK. Returns the world
+/// and the dialog's From/To/Call-ID lines for further requests.
+fn answered_call(t0: Instant, seed: u64, call_id: &str) -> (World, String) {
     let config = EngineConfig {
         flow: Some(flow()),
         ..EngineConfig::default()
     };
     let mut w = World {
-        engine: Engine::new(config, PortPool::new(20000..20010), 3),
+        engine: Engine::new(config, PortPool::new(20000..20010), seed),
         peer: Peer::udp(
             "127.0.0.1:5060".parse().unwrap(),
             "127.0.0.1:5099".parse().unwrap(),
@@ -108,8 +111,7 @@ fn default_flow_walks_menu_records_and_hands_off() {
         sent: Vec::new(),
     };
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
-    let head = "Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK";
-    w.sip(t0, format!("INVITE sip:311@127.0.0.1 SIP/2.0\r\n{head}i1\r\nFrom: <sip:5551112222@127.0.0.1>;tag=r\r\nTo: <sip:311@127.0.0.1>\r\nCall-ID: ivr-1\r\nCSeq: 1 INVITE\r\nContact: <sip:r@127.0.0.1:5099>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    w.sip(t0, format!("INVITE sip:311@127.0.0.1 SIP/2.0\r\n{HEAD}i-{call_id}\r\nFrom: <sip:5551112222@127.0.0.1>;tag=r\r\nTo: <sip:311@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:r@127.0.0.1:5099>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
     let ok = w
         .sent
         .iter()
@@ -117,14 +119,24 @@ fn default_flow_walks_menu_records_and_hands_off() {
         .unwrap()
         .clone();
     let dialog = format!(
-        "From: {}\r\nTo: {}\r\nCall-ID: ivr-1\r\n",
+        "From: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\n",
         ok.header("From").unwrap(),
         ok.header("To").unwrap()
     );
     w.sip(
         t0,
-        format!("ACK sip:311@127.0.0.1 SIP/2.0\r\n{head}a1\r\n{dialog}CSeq: 1 ACK\r\n\r\n"),
+        format!(
+            "ACK sip:311@127.0.0.1 SIP/2.0\r\n{HEAD}a-{call_id}\r\n{dialog}CSeq: 1 ACK\r\n\r\n"
+        ),
     );
+    (w, dialog)
+}
+
+#[test]
+fn default_flow_walks_menu_records_and_hands_off() {
+    let t0 = Instant::now();
+    let (mut w, dialog) = answered_call(t0, 3, "ivr-1");
+    let head = HEAD;
     assert_eq!(
         w.played.last().unwrap(),
         &("en".to_string(), vec!["greeting_language".to_string()])
@@ -297,42 +309,7 @@ async fn broken_flow_or_missing_prompt_stops_start_up_with_file_and_line() {
 #[test]
 fn case_status_by_phone() {
     let t0 = Instant::now();
-    let config = EngineConfig {
-        flow: Some(flow()),
-        ..EngineConfig::default()
-    };
-    let mut w = World {
-        engine: Engine::new(config, PortPool::new(20000..20010), 5),
-        peer: Peer::udp(
-            "127.0.0.1:5060".parse().unwrap(),
-            "127.0.0.1:5098".parse().unwrap(),
-        ),
-        events: Vec::new(),
-        played: Vec::new(),
-        last_play_id: 0,
-        captures: 0,
-        utterances: Vec::new(),
-        case_requests: Vec::new(),
-        sent: Vec::new(),
-    };
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
-    let head = "Via: SIP/2.0/UDP 127.0.0.1:5098;branch=z9hG4bK";
-    w.sip(t0, format!("INVITE sip:311@127.0.0.1 SIP/2.0\r\n{head}s1\r\nFrom: <sip:5553334444@127.0.0.1>;tag=s\r\nTo: <sip:311@127.0.0.1>\r\nCall-ID: status-1\r\nCSeq: 1 INVITE\r\nContact: <sip:s@127.0.0.1:5098>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
-    let ok = w
-        .sent
-        .iter()
-        .find(|m| m.status() == Some(200))
-        .unwrap()
-        .clone();
-    let dialog = format!(
-        "From: {}\r\nTo: {}\r\nCall-ID: status-1\r\n",
-        ok.header("From").unwrap(),
-        ok.header("To").unwrap()
-    );
-    w.sip(
-        t0,
-        format!("ACK sip:311@127.0.0.1 SIP/2.0\r\n{head}s2\r\n{dialog}CSeq: 1 ACK\r\n\r\n"),
-    );
+    let (mut w, _) = answered_call(t0, 5, "status-1");
     for key in "12".chars() {
         w.media(t0, MediaEvent::Digit(key));
     }
