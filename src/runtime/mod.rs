@@ -10,6 +10,7 @@ pub mod media;
 pub mod prompts;
 pub mod rtp;
 pub mod store;
+pub mod transcriber;
 pub mod transport;
 
 use std::net::SocketAddr;

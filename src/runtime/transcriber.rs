@@ -1,0 +1,200 @@
+//! Transcription: whisper.cpp through whisper-rs, off the tokio threads. The model is loaded once;
+//! a fixed pool of worker threads each owns its own whisper state and takes jobs from one
+//! bounded queue, so a burst of callers waits in line instead of piling up threads, and a
+//! full queue is refused at once (the recording is kept; the case simply stays untranscribed).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use rubato::Resampler;
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranscribeError {
+    #[error("speech model {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("recording {path}: {reason}")]
+    Audio { path: PathBuf, reason: String },
+    #[error("whisper: {0}")]
+    Whisper(String),
+}
+
+/// Counters for /healthz.
+#[derive(Debug, Default)]
+pub struct TranscribeStats {
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub refused_queue_full: AtomicU64,
+}
+
+pub struct Job {
+    pub call_ref: String,
+    pub path: PathBuf,
+}
+
+/// What a worker hands back.
+pub struct Transcript {
+    pub call_ref: String,
+    pub path: PathBuf,
+    pub result: Result<String, TranscribeError>,
+    pub elapsed: Duration,
+}
+
+pub struct Transcriber {
+    jobs: std_mpsc::SyncSender<Job>,
+    pub stats: Arc<TranscribeStats>,
+}
+
+/// Decoding settings chosen for short phone utterances (see ARCHITECTURE.md).
+#[derive(Clone)]
+pub struct DecodeSettings {
+    pub initial_prompt: String,
+}
+
+impl Transcriber {
+    /// Loads the model and starts `workers` threads; `done` is called on a worker thread.
+    pub fn start(
+        model: &Path,
+        workers: usize,
+        queue: usize,
+        settings: DecodeSettings,
+        done: impl Fn(Transcript) + Send + Sync + 'static,
+    ) -> Result<Transcriber, TranscribeError> {
+        let context = load_model(model)?;
+        let (jobs, receiver) = std_mpsc::sync_channel::<Job>(queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(TranscribeStats::default());
+        let done = Arc::new(done);
+        for n in 0..workers.max(1) {
+            let mut state = context
+                .create_state()
+                .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
+            let receiver = receiver.clone();
+            let stats = stats.clone();
+            let done = done.clone();
+            let settings = settings.clone();
+            std::thread::Builder::new()
+                .name(format!("whisper-{n}"))
+                .spawn(move || loop {
+                    let job = match receiver.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let started = std::time::Instant::now();
+                    let result = transcribe_file(&mut state, &job.path, &settings);
+                    match &result {
+                        Ok(_) => stats.done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    done(Transcript {
+                        call_ref: job.call_ref,
+                        path: job.path,
+                        result,
+                        elapsed: started.elapsed(),
+                    });
+                })
+                .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
+        }
+        Ok(Transcriber { jobs, stats })
+    }
+
+    /// Queues a job; false (and counted) when the queue is full.
+    pub fn submit(&self, job: Job) -> bool {
+        match self.jobs.try_send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats
+                    .refused_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+fn load_model(path: &Path) -> Result<Arc<WhisperContext>, TranscribeError> {
+    let model_error = |reason: String| TranscribeError::Model {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(model_error("not found (run scripts/fetch-model)".into()));
+    }
+    // Check the file ourselves first: whisper.cpp aborts the process on some corrupt files.
+    crate::speech::model_import::verify(path).map_err(|e| model_error(e.to_string()))?;
+    let path_text = path
+        .to_str()
+        .ok_or_else(|| model_error("path is not UTF-8".into()))?;
+    let context = WhisperContext::new_with_params(path_text, WhisperContextParameters::default())
+        .map_err(|e| model_error(e.to_string()))?;
+    Ok(Arc::new(context))
+}
+
+/// Reads an 8 kHz recording, resamples it to 16 kHz and transcribes it.
+pub fn transcribe_file(
+    state: &mut whisper_rs::WhisperState,
+    path: &Path,
+    settings: &DecodeSettings,
+) -> Result<String, TranscribeError> {
+    let audio_error = |reason: String| TranscribeError::Audio {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let reader = hound::WavReader::open(path).map_err(|e| audio_error(e.to_string()))?;
+    let rate = reader.spec().sample_rate;
+    let samples: Vec<f32> = reader
+        .into_samples::<i16>()
+        .map(|s| s.map(|v| v as f32 / 32768.0))
+        .collect::<Result<_, _>>()
+        .map_err(|e| audio_error(e.to_string()))?;
+    let audio = if rate == 16_000 {
+        samples
+    } else {
+        resample(&samples, rate as usize).map_err(audio_error)?
+    };
+    let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    // One thread per state: ggml threads spin while waiting, and the pool gives parallelism.
+    params.set_n_threads(1);
+    params.set_language(Some("en"));
+    params.set_single_segment(true);
+    params.set_no_context(true);
+    params.set_print_progress(false);
+    params.set_print_realtime(false);
+    params.set_print_special(false);
+    params.set_print_timestamps(false);
+    params.set_suppress_blank(true);
+    if !settings.initial_prompt.is_empty() {
+        params.set_initial_prompt(&settings.initial_prompt);
+    }
+    state
+        .full(params, &audio)
+        .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
+    let mut text = String::new();
+    for i in 0..state.full_n_segments() {
+        if let Some(segment) = state.get_segment(i) {
+            text.push_str(&segment.to_str_lossy().unwrap_or_default());
+        }
+    }
+    Ok(text.trim().to_string())
+}
+
+fn resample(samples: &[f32], rate: usize) -> Result<Vec<f32>, String> {
+    const CHUNK: usize = 1024;
+    let mut resampler =
+        rubato::FftFixedIn::<f32>::new(rate, 16_000, CHUNK, 1, 1).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(samples.len() * 16_000 / rate + CHUNK * 4);
+    for chunk in samples.chunks(CHUNK) {
+        let mut block = chunk.to_vec();
+        block.resize(CHUNK, 0.0);
+        let processed = resampler
+            .process(&[block], None)
+            .map_err(|e| e.to_string())?;
+        if let Some(channel) = processed.first() {
+            out.extend_from_slice(channel);
+        }
+    }
+    Ok(out)
+}
