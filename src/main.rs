@@ -92,9 +92,9 @@ fn model_command(command: ModelCommand) -> anyhow::Result<()> {
                 out.display(),
                 report.bytes_written,
                 report.tensors,
-                report.n_vocab,
-                report.n_audio_layer,
-                report.n_text_layer,
+                report.hparams.n_vocab,
+                report.hparams.n_audio_layer,
+                report.hparams.n_text_layer,
                 summary.tensors
             );
             Ok(())

@@ -109,12 +109,18 @@ async fn two_hundred_sequential_calls_all_succeed_and_are_logged() {
         .all(|w| w[0].event.occurred_at_ms <= w[1].event.occurred_at_ms));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_before_answer_gets_200_and_487() {
-    let server = common::start_with(|c| c.sip.answer_delay_ms = 3_000).await;
+/// Runs five calls of a scenario that ends each call with one final event, and checks every
+/// call's log is `received` then that event, with the status code and reason expected.
+async fn five_calls_end_as(
+    server: common::TestServer,
+    scenario_file: &str,
+    kind: &str,
+    code: i32,
+    reason: &str,
+) {
     let (status, output) = sipp(
         server.udp(),
-        &["-sf", &scenario("cancel.xml"), "-m", "5", "-l", "1"],
+        &["-sf", &scenario(scenario_file), "-m", "5", "-l", "1"],
     )
     .await;
     assert_eq!(status, 0, "{output}");
@@ -122,42 +128,33 @@ async fn cancel_before_answer_gets_200_and_487() {
     let per_call = kinds_per_call(&events);
     assert_eq!(per_call.len(), 5);
     for kinds in per_call.values() {
-        assert_eq!(kinds, &["received", "cancelled"]);
+        assert_eq!(kinds, &["received", kind]);
     }
     assert!(events
         .iter()
-        .filter(|r| r.event.kind == "cancelled")
-        .all(|r| r.event.status_code == Some(487)));
+        .filter(|r| r.event.kind == kind)
+        .all(|r| r.event.status_code == Some(code)
+            && r.event.reason.as_deref().unwrap_or("").starts_with(reason)));
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_answer_gets_200_and_487() {
+    let server = common::start_with(|c| c.sip.answer_delay_ms = 3_000).await;
+    five_calls_end_as(server, "cancel.xml", "cancelled", 487, "caller_cancelled").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g729_only_offer_gets_488() {
-    let server = common::start().await;
-    let (status, output) = sipp(
-        server.udp(),
-        &["-sf", &scenario("g729.xml"), "-m", "5", "-l", "1"],
+    five_calls_end_as(
+        common::start().await,
+        "g729.xml",
+        "rejected",
+        488,
+        "no_common_codec",
     )
     .await;
-    assert_eq!(status, 0, "{output}");
-    let events = all_events(&server).await;
-    let per_call = kinds_per_call(&events);
-    assert_eq!(per_call.len(), 5);
-    for kinds in per_call.values() {
-        assert_eq!(kinds, &["received", "rejected"]);
-    }
-    assert!(events
-        .iter()
-        .filter(|r| r.event.kind == "rejected")
-        .all(|r| r.event.status_code == Some(488)
-            && r.event
-                .reason
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("no_common_codec")));
-    server.server.shutdown();
-    server.server.wait().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,16 +104,8 @@ pub struct ImportReport {
     pub tensors: usize,
     /// Length of the finished file.
     pub bytes_written: u64,
-    pub n_vocab: u32,
-    pub n_audio_ctx: u32,
-    pub n_audio_state: u32,
-    pub n_audio_head: u32,
-    pub n_audio_layer: u32,
-    pub n_text_ctx: u32,
-    pub n_text_state: u32,
-    pub n_text_head: u32,
-    pub n_text_layer: u32,
-    pub n_mels: u32,
+    /// The header written.
+    pub hparams: Hparams,
     /// Regular tokens written to the vocabulary (50256 for tiny.en); whisper.cpp adds the
     /// special and timestamp tokens itself.
     pub vocab_tokens: u32,
@@ -158,17 +150,8 @@ pub struct GgmlTensor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GgmlSummary {
     pub file_len: u64,
-    pub n_vocab: u32,
-    pub n_audio_ctx: u32,
-    pub n_audio_state: u32,
-    pub n_audio_head: u32,
-    pub n_audio_layer: u32,
-    pub n_text_ctx: u32,
-    pub n_text_state: u32,
-    pub n_text_head: u32,
-    pub n_text_layer: u32,
-    pub n_mels: u32,
-    pub ftype: u32,
+    /// The header read.
+    pub hparams: Hparams,
     /// Shape of the mel filterbank: (mels, FFT bins), (80, 201) for Whisper.
     pub mel_filters: (u32, u32),
     /// Tokens in the file's vocabulary.
@@ -182,18 +165,18 @@ pub struct GgmlSummary {
 
 /// The eleven header fields of a ggml Whisper file, in file order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Hparams {
-    n_vocab: u32,
-    n_audio_ctx: u32,
-    n_audio_state: u32,
-    n_audio_head: u32,
-    n_audio_layer: u32,
-    n_text_ctx: u32,
-    n_text_state: u32,
-    n_text_head: u32,
-    n_text_layer: u32,
-    n_mels: u32,
-    ftype: u32,
+pub struct Hparams {
+    pub n_vocab: u32,
+    pub n_audio_ctx: u32,
+    pub n_audio_state: u32,
+    pub n_audio_head: u32,
+    pub n_audio_layer: u32,
+    pub n_text_ctx: u32,
+    pub n_text_state: u32,
+    pub n_text_head: u32,
+    pub n_text_layer: u32,
+    pub n_mels: u32,
+    pub ftype: u32,
 }
 
 const HPARAM_NAMES: [&str; 11] = [
@@ -274,16 +257,7 @@ pub fn import(
     Ok(ImportReport {
         tensors: prepared.tensors.len(),
         bytes_written,
-        n_vocab: h.n_vocab,
-        n_audio_ctx: h.n_audio_ctx,
-        n_audio_state: h.n_audio_state,
-        n_audio_head: h.n_audio_head,
-        n_audio_layer: h.n_audio_layer,
-        n_text_ctx: h.n_text_ctx,
-        n_text_state: h.n_text_state,
-        n_text_head: h.n_text_head,
-        n_text_layer: h.n_text_layer,
-        n_mels: h.n_mels,
+        hparams: h,
         vocab_tokens: vocab.len() as u32,
     })
 }
@@ -1519,17 +1493,7 @@ pub fn verify(ggml: &Path) -> Result<GgmlSummary, ImportError> {
     let f16_tensors = headers.iter().filter(|t| t.ty == GgmlType::F16).count();
     Ok(GgmlSummary {
         file_len: len,
-        n_vocab: h.n_vocab,
-        n_audio_ctx: h.n_audio_ctx,
-        n_audio_state: h.n_audio_state,
-        n_audio_head: h.n_audio_head,
-        n_audio_layer: h.n_audio_layer,
-        n_text_ctx: h.n_text_ctx,
-        n_text_state: h.n_text_state,
-        n_text_head: h.n_text_head,
-        n_text_layer: h.n_text_layer,
-        n_mels: h.n_mels,
-        ftype: h.ftype,
+        hparams: h,
         mel_filters: (h.n_mels, MEL_BINS as u32),
         vocab_tokens: vocab as u32,
         tensors: headers.len(),
@@ -1839,19 +1803,26 @@ mod tests {
         assert_eq!(report.bytes_written, fs::metadata(&out).unwrap().len());
         assert_eq!(
             (
-                report.n_vocab,
-                report.n_audio_ctx,
-                report.n_audio_state,
-                report.n_audio_head
+                report.hparams.n_vocab,
+                report.hparams.n_audio_ctx,
+                report.hparams.n_audio_state,
+                report.hparams.n_audio_head
             ),
             (N_VOCAB, AUDIO_CTX, D, u32::from(HEADS))
         );
-        assert_eq!((report.n_audio_layer, report.n_text_layer), (1, 1));
         assert_eq!(
-            (report.n_text_ctx, report.n_text_state, report.n_text_head),
+            (report.hparams.n_audio_layer, report.hparams.n_text_layer),
+            (1, 1)
+        );
+        assert_eq!(
+            (
+                report.hparams.n_text_ctx,
+                report.hparams.n_text_state,
+                report.hparams.n_text_head
+            ),
             (TEXT_CTX, D, u32::from(HEADS))
         );
-        assert_eq!((report.n_mels, report.vocab_tokens), (MELS, 6));
+        assert_eq!((report.hparams.n_mels, report.vocab_tokens), (MELS, 6));
 
         // Progress: reading from 0 to the whole file, then one event per tensor in order.
         let model_len = model.bytes().len() as u64;
@@ -1890,7 +1861,11 @@ mod tests {
         assert_eq!(summary.file_len, report.bytes_written);
         assert_eq!(summary.tensors, 50);
         assert_eq!(
-            (summary.n_vocab, summary.n_audio_layer, summary.ftype),
+            (
+                summary.hparams.n_vocab,
+                summary.hparams.n_audio_layer,
+                summary.hparams.ftype
+            ),
             (N_VOCAB, 1, 1)
         );
         assert_eq!(summary.mel_filters, (80, 201));
