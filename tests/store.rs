@@ -44,7 +44,7 @@ async fn database_url(backend: &str) -> (String, Option<tempfile::TempDir>) {
             let name = format!("civicline_test_{:016x}", rand::random::<u64>());
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
-                .expect("PostgreSQL reachable");
+                .unwrap_or_else(|e| panic!("PostgreSQL reachable at {admin:?}: {e}"));
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut conn)
                 .await
