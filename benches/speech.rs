@@ -42,7 +42,14 @@ fn model() -> PathBuf {
 }
 
 fn main() {
-    let no_prompt = std::env::args().any(|a| a == "--no-prompt");
+    let args: Vec<String> = std::env::args().collect();
+    let no_prompt = args.iter().any(|a| a == "--no-prompt");
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let corpus: Corpus =
         toml::from_str(&std::fs::read_to_string(root.join("tests/speech/corpus.toml")).unwrap())
@@ -56,6 +63,8 @@ fn main() {
         } else {
             initial_prompt(&categories, &streets)
         },
+        beam_size: flag("--beam").unwrap_or(0),
+        audio_ctx_to_clip: args.iter().any(|a| a == "--audio-ctx"),
     };
     let model = model();
     let context = whisper_rs::WhisperContext::new_with_params(

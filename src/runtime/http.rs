@@ -39,7 +39,7 @@ async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
     let engine = state.engine.lock().map(|s| s.clone()).unwrap_or_default();
     let log = state.log.health();
     // Degraded, not down: calls are still answered while the store retries.
-    let status = if log.last_error.is_some() {
+    let status = if log.last_error.is_some() || state.speech.mode == "degraded" {
         "degraded"
     } else {
         "ok"
@@ -67,6 +67,14 @@ async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
             "malformed": state.media.malformed.load(Ordering::Relaxed),
             "dropped_overload": state.media.dropped_overload.load(Ordering::Relaxed),
             "stun_ignored": state.media.stun_ignored.load(Ordering::Relaxed),
+        },
+        "speech": {
+            "mode": state.speech.mode,
+            "reason": state.speech.reason,
+            "workers": state.speech.workers,
+            "done": state.speech.stats.done.load(Ordering::Relaxed),
+            "failed": state.speech.stats.failed.load(Ordering::Relaxed),
+            "refused_queue_full": state.speech.stats.refused_queue_full.load(Ordering::Relaxed),
         },
         "event_log": {
             "backend": state.store_backend,

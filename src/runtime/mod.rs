@@ -9,6 +9,7 @@ pub mod http;
 pub mod media;
 pub mod prompts;
 pub mod rtp;
+pub mod speech;
 pub mod store;
 pub mod transcriber;
 pub mod transport;
@@ -26,6 +27,14 @@ use crate::engine::{Engine, EngineStats, Input, Output, PortPool};
 use crate::events::CallEvent;
 use event_log::{EventLog, EventLogConfig};
 use store::{Store, StoredEvent};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Maps engine instants to wall-clock time: one anchor taken at start.
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +86,7 @@ pub struct HealthState {
     pub transport: Arc<transport::TransportStats>,
     pub media: Arc<media::MediaStats>,
     pub store_backend: &'static str,
+    pub speech: speech::SpeechHealth,
 }
 
 /// A running server. Addresses are the real bound ones (port 0 in the config picks free ports).
@@ -170,6 +180,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             ..EventLogConfig::default()
         },
     );
+    let speech = speech::SpeechService::start(
+        &speech::SpeechSettings {
+            model: config.speech.model.clone(),
+            workers: config.speech.workers.max(1),
+            queue: config.speech.queue.max(1),
+            categories: config.speech.categories.clone(),
+            streets: config.speech.streets.clone(),
+            min_confidence: config.speech.min_confidence,
+            decode: transcriber::DecodeSettings {
+                beam_size: config.speech.beam_size,
+                audio_ctx_to_clip: config.speech.audio_ctx_to_clip,
+                ..Default::default()
+            },
+        },
+        store.clone(),
+        inbound_tx.clone(),
+        None,
+    )?;
     let instance = format!("{:08x}", rand::random::<u32>());
     let mut engine_config = config.engine_config(instance);
     engine_config.flow = flow;
@@ -185,6 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         transport: senders.stats.clone(),
         media: media.stats.clone(),
         store_backend: store.backend(),
+        speech: speech.health(),
     };
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -214,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             grace,
             media,
             cases,
+            speech,
         )
         .await;
         let _ = io_stop_tx.send(true);
@@ -298,6 +328,7 @@ async fn engine_loop(
     grace: Duration,
     media: media::MediaHandle,
     cases: CaseStore,
+    speech: speech::SpeechService,
 ) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let now = || tokio::time::Instant::now().into_std();
@@ -359,10 +390,7 @@ async fn engine_loop(
                 Output::LookupCase { call_ref, number } => {
                     cases.lookup(call_ref, number, clock.unix_ms(now()))
                 }
-                // Transcription arrives with the speech issue; the WAV and its event are kept.
-                Output::Utterance { call_ref, path, .. } => {
-                    tracing::debug!(%call_ref, %path, "utterance recorded; no transcriber configured yet")
-                }
+                Output::Utterance { call_ref, path, .. } => speech.submit(call_ref, path),
             }
         }
         if last_health.elapsed() >= Duration::from_millis(100) || stopping_until.is_some() {
@@ -458,6 +486,7 @@ impl CaseStore {
             let info = found.map(|case| crate::ivr::CaseInfo {
                 open: case.status == "open",
                 days_open: ((now_ms - case.created_at_ms).max(0) / 86_400_000) as u32,
+                department: case.department,
             });
             let event = crate::engine::CaseEvent::Found(info);
             let _ = answers.send(Input::Case { call_ref, event }).await;

@@ -60,14 +60,41 @@ pub struct CaseRecord {
     pub description: Option<String>,
     pub audio_path: Option<String>,
     pub call_ref: Option<String>,
+    pub transcript: Option<String>,
+    pub confidence: Option<f64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
 
+/// A case draft as stored in `transcripts` (one per recording).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DraftRow {
+    pub audio_path: String,
+    pub call_ref: String,
+    pub transcript: String,
+    pub category: Option<String>,
+    pub department: Option<String>,
+    pub address: Option<String>,
+    pub description: String,
+    pub confidence: f64,
+    pub outcome: String,
+}
+
+/// Copies a recording's draft into its case(s); `$1` is the case number or the audio path.
+const FILL_CASE_FROM_DRAFT: &str = "UPDATE cases SET \
+    category = (SELECT t.category FROM transcripts t WHERE t.audio_path = cases.audio_path), \
+    department = (SELECT t.department FROM transcripts t WHERE t.audio_path = cases.audio_path), \
+    address = (SELECT t.address FROM transcripts t WHERE t.audio_path = cases.audio_path), \
+    description = (SELECT t.description FROM transcripts t WHERE t.audio_path = cases.audio_path), \
+    transcript = (SELECT t.transcript FROM transcripts t WHERE t.audio_path = cases.audio_path), \
+    confidence = (SELECT t.confidence FROM transcripts t WHERE t.audio_path = cases.audio_path), \
+    updated_at_ms = $2 \
+    WHERE EXISTS (SELECT 1 FROM transcripts t WHERE t.audio_path = cases.audio_path)";
+
 /// Case numbers start here so they are always seven digits for the first nine million cases.
 const FIRST_CASE_NUMBER: i64 = 1_000_000;
 
-const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, created_at_ms, updated_at_ms FROM cases";
+const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, transcript, confidence, created_at_ms, updated_at_ms FROM cases";
 
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -241,9 +268,58 @@ impl Store {
             Store::Sqlite(pool) => create!(pool, Sqlite),
             Store::Postgres(pool) => create!(pool, Postgres),
         };
+        // After the commit, not inside it: the draft writer commits its row and then fills
+        // cases, so one of the two always sees the other (see migrations/*/0003).
+        let sql = format!("{FILL_CASE_FROM_DRAFT} AND case_number = $1");
+        match self {
+            Store::Sqlite(pool) => {
+                sqlx::query(&sql).bind(&number).bind(now_ms).execute(pool).await?;
+            }
+            Store::Postgres(pool) => {
+                sqlx::query(&sql).bind(&number).bind(now_ms).execute(pool).await?;
+            }
+        }
         self.find_case(&number)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Stores (or replaces) a recording's draft, then fills the case made from that recording
+    /// if it exists already. Returns how many cases were filled.
+    pub async fn save_draft(&self, row: &DraftRow, now_ms: i64) -> Result<u64, StoreError> {
+        let upsert = "INSERT INTO transcripts (audio_path, call_ref, transcript, category, department, address, description, confidence, outcome, created_at_ms) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            ON CONFLICT (audio_path) DO UPDATE SET transcript = excluded.transcript, category = excluded.category, \
+            department = excluded.department, address = excluded.address, description = excluded.description, \
+            confidence = excluded.confidence, outcome = excluded.outcome";
+        let fill = format!("{FILL_CASE_FROM_DRAFT} AND audio_path = $1");
+        macro_rules! save {
+            ($pool:expr) => {{
+                sqlx::query(upsert)
+                    .bind(&row.audio_path)
+                    .bind(&row.call_ref)
+                    .bind(&row.transcript)
+                    .bind(&row.category)
+                    .bind(&row.department)
+                    .bind(&row.address)
+                    .bind(&row.description)
+                    .bind(row.confidence)
+                    .bind(&row.outcome)
+                    .bind(now_ms)
+                    .execute($pool)
+                    .await?;
+                sqlx::query(&fill)
+                    .bind(&row.audio_path)
+                    .bind(now_ms)
+                    .execute($pool)
+                    .await?
+                    .rows_affected()
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => save!(pool),
+            Store::Postgres(pool) => save!(pool),
+        })
     }
 
     /// The case with this number, if any. The number is a bound parameter, never SQL text.
@@ -265,6 +341,8 @@ impl Store {
                         description: r.try_get("description")?,
                         audio_path: r.try_get("audio_path")?,
                         call_ref: r.try_get("call_ref")?,
+                        transcript: r.try_get("transcript")?,
+                        confidence: r.try_get("confidence")?,
                         created_at_ms: r.try_get("created_at_ms")?,
                         updated_at_ms: r.try_get("updated_at_ms")?,
                     }),

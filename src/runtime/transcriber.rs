@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rubato::Resampler;
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
@@ -32,6 +32,8 @@ pub struct TranscribeStats {
 pub struct Job {
     pub call_ref: String,
     pub path: PathBuf,
+    /// When the recording was handed over (end of speech), for queue wait and latency.
+    pub queued_at: Instant,
 }
 
 /// What a worker hands back.
@@ -39,7 +41,11 @@ pub struct Transcript {
     pub call_ref: String,
     pub path: PathBuf,
     pub result: Result<String, TranscribeError>,
+    /// Time in the queue before a worker took it.
+    pub waited: Duration,
+    /// Time a worker spent on it.
     pub elapsed: Duration,
+    pub queued_at: Instant,
 }
 
 pub struct Transcriber {
@@ -48,9 +54,13 @@ pub struct Transcriber {
 }
 
 /// Decoding settings chosen for short phone utterances (see ARCHITECTURE.md).
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct DecodeSettings {
     pub initial_prompt: String,
+    /// Beam search width; 0 or 1 decodes greedily.
+    pub beam_size: u32,
+    /// Size the encoder's window to the clip instead of Whisper's fixed 30 s.
+    pub audio_ctx_to_clip: bool,
 }
 
 impl Transcriber {
@@ -60,12 +70,12 @@ impl Transcriber {
         workers: usize,
         queue: usize,
         settings: DecodeSettings,
+        stats: Arc<TranscribeStats>,
         done: impl Fn(Transcript) + Send + Sync + 'static,
     ) -> Result<Transcriber, TranscribeError> {
         let context = load_model(model)?;
         let (jobs, receiver) = std_mpsc::sync_channel::<Job>(queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
-        let stats = Arc::new(TranscribeStats::default());
         let done = Arc::new(done);
         for n in 0..workers.max(1) {
             let mut state = context
@@ -83,7 +93,7 @@ impl Transcriber {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let started = std::time::Instant::now();
+                    let started = Instant::now();
                     let result = transcribe_file(&mut state, &job.path, &settings);
                     match &result {
                         Ok(_) => stats.done.fetch_add(1, Ordering::Relaxed),
@@ -93,7 +103,9 @@ impl Transcriber {
                         call_ref: job.call_ref,
                         path: job.path,
                         result,
+                        waited: started.saturating_duration_since(job.queued_at),
                         elapsed: started.elapsed(),
+                        queued_at: job.queued_at,
                     });
                 })
                 .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
@@ -155,7 +167,22 @@ pub fn transcribe_file(
     } else {
         resample(&samples, rate as usize).map_err(audio_error)?
     };
-    let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    let strategy = if settings.beam_size > 1 {
+        SamplingStrategy::BeamSearch {
+            beam_size: settings.beam_size as i32,
+            patience: -1.0,
+        }
+    } else {
+        SamplingStrategy::Greedy { best_of: 1 }
+    };
+    let mut params = FullParams::new(strategy);
+    if settings.audio_ctx_to_clip {
+        // The encoder sees 1500 frames for 30 s (50 per second); a short clip needs fewer,
+        // and the cost falls with them. A margin keeps the last words.
+        let seconds = audio.len() as f64 / 16_000.0;
+        let frames = ((seconds + 1.0) * 50.0).ceil() as i32;
+        params.set_audio_ctx(frames.clamp(64, 1500));
+    }
     // One thread per state: ggml threads spin while waiting, and the pool gives parallelism.
     params.set_n_threads(1);
     params.set_language(Some("en"));

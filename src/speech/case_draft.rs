@@ -431,6 +431,36 @@ pub struct CaseDraft {
     pub confidence: f64,
 }
 
+impl Address {
+    /// "125 Main Street", or the street alone.
+    pub fn display(&self) -> String {
+        match self.number {
+            Some(n) => format!("{n} {}", self.street),
+            None => self.street.clone(),
+        }
+    }
+}
+
+/// What the call flow makes of a draft: a category it is sure of, words a person should read,
+/// or nothing worth filing. Silence and noise come back from Whisper as nothing, a bracketed
+/// annotation ("[BLANK_AUDIO]", "(static)") or a couple of stray words; a draft with neither
+/// category nor address and fewer than three words is treated as empty.
+pub fn outcome(transcript: &str, draft: &CaseDraft, min_confidence: f64) -> crate::ivr::DraftOutcome {
+    use crate::ivr::DraftOutcome;
+    let spoken = strip_annotations(transcript);
+    let words = spoken
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .count();
+    match &draft.category {
+        Some(category) if draft.confidence >= min_confidence => DraftOutcome::Understood {
+            category: category.clone(),
+        },
+        None if draft.address.is_none() && words < 3 => DraftOutcome::Empty,
+        _ => DraftOutcome::LowConfidence,
+    }
+}
+
 /// Drafts a case from a transcript.
 pub fn draft(transcript: &str, categories: &Categories, streets: &StreetList) -> CaseDraft {
     let clean = clean_text(transcript);
@@ -954,7 +984,8 @@ fn bare(word: &str) -> String {
 /// A house number at the start of `words` and how many words it took: digits ("125", "1,250",
 /// "12 05"), or number words, said in full ("one hundred twenty five", "two thousand",
 /// "twelve hundred") or in groups ("one twenty five" = 125, "twelve oh five" = 1205,
-/// "nineteen twenty" = 1920, "one two five" = 125). At most five digits; zero is no number.
+/// "nineteen twenty" = 1920, "one two five" = 125), or both ("one 25"). At most five digits;
+/// zero is no number.
 pub fn parse_house_number(words: &[&str]) -> Option<(u32, usize)> {
     let first = bare(words.first()?);
     if !first.is_empty() && first.chars().all(|c| c.is_ascii_digit()) {
@@ -974,6 +1005,17 @@ pub fn parse_house_number(words: &[&str]) -> Option<(u32, usize)> {
         return (n > 0).then_some((n, 1));
     }
     let words: Vec<String> = words.iter().take(8).map(|w| bare(w)).collect();
+    // "one 25": Whisper writes the first group of "one twenty five" as a word and the second
+    // as digits.
+    if let (Some(lead), Some(rest)) = (
+        unit(&words[0]).or_else(|| teen(&words[0])).or_else(|| tens(&words[0])),
+        words.get(1),
+    ) {
+        if rest.len() == 2 && rest.chars().all(|c| c.is_ascii_digit()) && lead > 0 {
+            let n = lead * 100 + rest.parse::<u32>().ok()?;
+            return Some((n, 2));
+        }
+    }
     let full = number_in_full(&words);
     let grouped = number_in_groups(&words);
     match (full, grouped) {
@@ -1085,22 +1127,48 @@ fn number_in_groups(words: &[String]) -> Option<(u32, usize)> {
 /// Drops bracketed annotations ("[BLANK_AUDIO]", "(music)"), trims, collapses spaces and
 /// capitalises the first letter.
 fn clean_text(text: &str) -> String {
-    let mut kept = String::with_capacity(text.len());
-    let mut depth = 0usize;
-    for c in text.chars() {
-        match c {
-            '[' | '(' => depth += 1,
-            ']' | ')' if depth > 0 => depth -= 1,
-            _ if depth == 0 => kept.push(c),
-            _ => {}
-        }
-    }
+    let kept = strip_annotations(text);
     let joined = kept.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut chars = joined.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
     }
+}
+
+/// Drops what Whisper writes about the audio rather than the words: "[BLANK_AUDIO]", and short
+/// parenthesised notes such as "(static)" or "(upbeat music)". A long parenthesised stretch is
+/// speech Whisper chose to wrap (it sometimes wraps a whole noisy utterance), so its words stay.
+fn strip_annotations(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut kept = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let close = match c {
+            '[' => Some(']'),
+            '(' => Some(')'),
+            _ => None,
+        };
+        if let Some(close) = close {
+            let end = chars[i + 1..]
+                .iter()
+                .position(|&d| d == close)
+                .map(|p| i + 1 + p)
+                .unwrap_or(chars.len());
+            let inner: String = chars[i + 1..end].iter().collect();
+            if c == '(' && inner.split_whitespace().count() > 3 {
+                kept.push(' ');
+                kept.push_str(&inner);
+                kept.push(' ');
+            }
+            i = end + 1;
+            continue;
+        }
+        kept.push(c);
+        i += 1;
+    }
+    kept
 }
 
 /// Lowercase words of letters and digits: apostrophes vanish ("wasn't" -> "wasnt"), a comma
@@ -1168,6 +1236,55 @@ pub fn initial_prompt(categories: &Categories, streets: &StreetList) -> String {
         out.push('.');
     }
     out
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+    use crate::ivr::DraftOutcome;
+
+    fn rules() -> (Categories, StreetList) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        (
+            Categories::load(&root.join("routing-rules/categories.toml")).unwrap(),
+            StreetList::load(&root.join("routing-rules/streets.txt")).unwrap(),
+        )
+    }
+
+    fn outcome_of(text: &str) -> DraftOutcome {
+        let (categories, streets) = rules();
+        outcome(text, &draft(text, &categories, &streets), 0.5)
+    }
+
+    #[test]
+    fn silence_noise_and_stray_words_are_empty() {
+        for text in ["", "[BLANK_AUDIO]", "(static)", " (upbeat music) ", "Thank you."] {
+            assert_eq!(outcome_of(text), DraftOutcome::Empty, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_clear_report_is_understood_and_an_unclear_one_goes_to_a_person() {
+        assert_eq!(
+            outcome_of("There is a big pothole in front of 125 Main Street."),
+            DraftOutcome::Understood {
+                category: "pothole".into()
+            }
+        );
+        assert_eq!(
+            outcome_of("I am calling about the thing at my neighbour's place again."),
+            DraftOutcome::LowConfidence
+        );
+    }
+
+    #[test]
+    fn a_whole_utterance_in_parentheses_keeps_its_words() {
+        let (categories, streets) = rules();
+        let text = "(There is a large pothole in front of one 25 main street)";
+        let d = draft(text, &categories, &streets);
+        assert_eq!(d.category.as_deref(), Some("pothole"));
+        assert_eq!(d.address.map(|a| a.display()).as_deref(), Some("125 Main Street"));
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,25 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.sip.shutdown_grace_ms = 500;
     // SIP-level tests run without the IVR; tests/ivr_calls.rs turns it on.
     config.ivr.flow = std::path::PathBuf::new();
+    // Whisper is loaded only where a test asks for it (tests/speech_calls.rs): elsewhere the
+    // speech stage runs degraded, which is itself a tested mode.
+    config.speech.model = std::path::PathBuf::new();
     config
+}
+
+/// The imported speech model (scripts/fetch-model; scripts/test runs it), or a clear failure.
+pub fn speech_model() -> PathBuf {
+    let path = std::env::var("CIVICLINE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/models/ggml-tiny.en.bin")
+        });
+    assert!(
+        path.is_file(),
+        "{} missing: run scripts/fetch-model (scripts/test does)",
+        path.display()
+    );
+    path
 }
 
 pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
@@ -179,3 +197,35 @@ Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cse
 }
 
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// An 8 kHz WAV as samples.
+pub fn read_wav(path: &std::path::Path) -> Vec<f64> {
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(reader.spec().sample_rate, 8000, "{}", path.display());
+    reader
+        .into_samples::<i16>()
+        .map(|s| s.unwrap() as f64)
+        .collect()
+}
+
+/// Best normalised cross-correlation of `needle` against `haystack` at lags in `lags`.
+pub fn best_correlation(
+    needle: &[f64],
+    haystack: &[f64],
+    lags: std::ops::Range<usize>,
+) -> (f64, usize) {
+    let needle_norm = needle.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut best = (0.0, 0);
+    for lag in lags {
+        let Some(window) = haystack.get(lag..lag + needle.len()) else {
+            break;
+        };
+        let dot: f64 = needle.iter().zip(window).map(|(a, b)| a * b).sum();
+        let norm = window.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 0.0 && dot / (needle_norm * norm) > best.0 {
+            best = (dot / (needle_norm * norm), lag);
+        }
+    }
+    best
+}
+
