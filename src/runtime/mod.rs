@@ -10,6 +10,7 @@ pub mod media;
 pub mod prompts;
 pub mod rtp;
 pub mod speech;
+pub mod speech_corpus;
 pub mod store;
 pub mod transcriber;
 pub mod transport;
