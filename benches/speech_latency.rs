@@ -30,8 +30,8 @@ fn ten_second_clip(root: &Path, out: &Path) -> f64 {
     };
     let mut samples: Vec<i16> = Vec::new();
     for id in ["pothole-2", "water_leak-3", "graffiti-3", "noise-3"] {
-        let reader = hound::WavReader::open(root.join(format!("tests/speech/corpus/{id}.wav")))
-            .unwrap();
+        let reader =
+            hound::WavReader::open(root.join(format!("tests/speech/corpus/{id}.wav"))).unwrap();
         samples.extend(reader.into_samples::<i16>().map(Result::unwrap));
         if samples.len() >= 80_000 {
             break;
@@ -90,7 +90,11 @@ async fn stage(root: &Path, model: &Path, workers: usize, dir: &Path) -> Stage {
 }
 
 /// `callers` recordings handed over at once; returns (totals, queue waits, wall time).
-async fn burst(stage: &mut Stage, clip: &Path, callers: usize) -> (Vec<Duration>, Vec<Duration>, Duration) {
+async fn burst(
+    stage: &mut Stage,
+    clip: &Path,
+    callers: usize,
+) -> (Vec<Duration>, Vec<Duration>, Duration) {
     let started = Instant::now();
     for n in 0..callers {
         // Each caller has its own file (the drafts table is keyed by recording).
@@ -117,7 +121,11 @@ async fn main() {
     let model = std::env::var("CIVICLINE_TEST_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("data/models/ggml-tiny.en.bin"));
-    assert!(model.is_file(), "{} missing: run scripts/fetch-model", model.display());
+    assert!(
+        model.is_file(),
+        "{} missing: run scripts/fetch-model",
+        model.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("ten-seconds.wav");
     let seconds = ten_second_clip(root, &clip);

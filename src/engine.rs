@@ -1151,7 +1151,12 @@ impl Engine {
         );
         event.detail = detail;
         self.emit(event);
-        if self.calls.get(&number).and_then(|c| c.last_recording.as_deref()) == Some(audio_path) {
+        if self
+            .calls
+            .get(&number)
+            .and_then(|c| c.last_recording.as_deref())
+            == Some(audio_path)
+        {
             self.feed_ivr(now, number, IvrEvent::Draft(outcome));
         }
     }

@@ -337,7 +337,11 @@ fn unsure_draft_stores_the_case_and_hands_it_to_an_agent() {
         .find(|e| e.kind == EventKind::HandOff)
         .expect("handed to an agent");
     assert!(
-        handoff.detail.as_deref().unwrap().contains("\"case_number\":\"1000007\""),
+        handoff
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("\"case_number\":\"1000007\""),
         "the agent gets the case: {:?}",
         handoff.detail
     );

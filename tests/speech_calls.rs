@@ -101,14 +101,21 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
     // pothole" (should the key come early or late, the confirmation keeps the report anyway).
     let (t, m) = (target.clone(), mic.clone());
     let text = tokio::task::spawn_blocking(move || {
-        baresip_call(t, 55, vec![(2.0, "1"), (4.0, "1"), (29.0, "1")], Some(&m), None)
+        baresip_call(
+            t,
+            55,
+            vec![(2.0, "1"), (4.0, "1"), (29.0, "1")],
+            Some(&m),
+            None,
+        )
     })
     .await
     .unwrap();
     assert!(text.contains("Call established"), "{text}");
 
     let rows = events(&server).await;
-    let kinds = |kind: &str| -> Vec<&EventRow> { rows.iter().filter(|r| r.event.kind == kind).collect() };
+    let kinds =
+        |kind: &str| -> Vec<&EventRow> { rows.iter().filter(|r| r.event.kind == kind).collect() };
     let transcript = kinds("transcript");
     assert_eq!(
         transcript.first().and_then(|r| r.event.reason.as_deref()),
@@ -116,7 +123,9 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
         "{transcript:?}"
     );
     let created = kinds("case_created");
-    let created = created.first().unwrap_or_else(|| panic!("no case: {rows:#?}"));
+    let created = created
+        .first()
+        .unwrap_or_else(|| panic!("no case: {rows:#?}"));
     let detail: serde_json::Value =
         serde_json::from_str(created.event.detail.as_deref().unwrap()).unwrap();
     let number = detail["case_number"].as_str().unwrap().to_string();
@@ -132,7 +141,10 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
     assert_eq!(case.address.as_deref(), Some("125 Main Street"), "{case:?}");
     assert!(case.transcript.is_some());
     // Linked from the call's events: same call, and the recording the events name.
-    assert_eq!(case.call_ref.as_deref(), Some(created.event.call_ref.as_str()));
+    assert_eq!(
+        case.call_ref.as_deref(),
+        Some(created.event.call_ref.as_str())
+    );
     let recording = kinds("recording");
     let recording: serde_json::Value =
         serde_json::from_str(recording[0].event.detail.as_deref().unwrap()).unwrap();
@@ -143,7 +155,13 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
     let digits: &'static str = Box::leak(format!("{number}#").into_boxed_str());
     let (t, h) = (target.clone(), heard.clone());
     let text = tokio::task::spawn_blocking(move || {
-        baresip_call(t, 24, vec![(2.0, "1"), (4.0, "2"), (6.0, digits)], None, Some(&h))
+        baresip_call(
+            t,
+            24,
+            vec![(2.0, "1"), (4.0, "2"), (6.0, digits)],
+            None,
+            Some(&h),
+        )
     })
     .await
     .unwrap();
@@ -179,7 +197,10 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
     let excerpt = &status[status.len() / 4..status.len() / 4 + 4000];
     // The status comes after the keys (about 7 s in): search from 5 s on.
     let (score, lag) = best_correlation(excerpt, &heard_audio, 40_000..heard_audio.len());
-    assert!(score > 0.9, "status heard: correlation {score:.3} at lag {lag}");
+    assert!(
+        score > 0.9,
+        "status heard: correlation {score:.3} at lag {lag}"
+    );
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }

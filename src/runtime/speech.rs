@@ -83,7 +83,9 @@ impl SpeechService {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Transcript>();
         let stats = Arc::new(TranscribeStats::default());
         let (transcriber, mode, reason) = if settings.model.as_os_str().is_empty() {
-            tracing::info!("speech recognition off (no model configured): speech callers go to agents");
+            tracing::info!(
+                "speech recognition off (no model configured): speech callers go to agents"
+            );
             (None, "off", Some("no speech model configured".to_string()))
         } else {
             match Transcriber::start(
@@ -263,7 +265,9 @@ async fn save_draft(store: &Store, row: &DraftRow, recording: &Path) {
     let fallback = recording.with_extension("draft.json");
     let text = serde_json::to_string_pretty(row).unwrap_or_default();
     match std::fs::write(&fallback, text) {
-        Ok(()) => tracing::error!(path = %fallback.display(), error = ?last_error, "case draft saved to a file instead of the database"),
+        Ok(()) => {
+            tracing::error!(path = %fallback.display(), error = ?last_error, "case draft saved to a file instead of the database")
+        }
         Err(error) => tracing::error!(%error, "case draft could not be saved anywhere"),
     }
 }

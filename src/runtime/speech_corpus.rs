@@ -87,8 +87,9 @@ pub fn evaluate(
     model: &Path,
     settings: &DecodeSettings,
 ) -> anyhow::Result<CorpusReport> {
-    let corpus: Corpus =
-        toml::from_str(&std::fs::read_to_string(root.join("tests/speech/corpus.toml"))?)?;
+    let corpus: Corpus = toml::from_str(&std::fs::read_to_string(
+        root.join("tests/speech/corpus.toml"),
+    )?)?;
     let categories = Categories::load(&root.join("routing-rules/categories.toml"))?;
     let streets = StreetList::load(&root.join("routing-rules/streets.txt"))?;
     let context = whisper_rs::WhisperContext::new_with_params(
@@ -130,7 +131,11 @@ pub fn evaluate(
             "{:<22} {} {} {:?} -> {:?} {:?}",
             u.id,
             if category_right { "cat ok " } else { "CAT BAD" },
-            if address_right { "addr ok " } else { "ADDR BAD" },
+            if address_right {
+                "addr ok "
+            } else {
+                "ADDR BAD"
+            },
             text,
             d.category,
             d.address.map(|a| a.display())

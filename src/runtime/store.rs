@@ -273,10 +273,18 @@ impl Store {
         let sql = format!("{FILL_CASE_FROM_DRAFT} AND case_number = $1");
         match self {
             Store::Sqlite(pool) => {
-                sqlx::query(&sql).bind(&number).bind(now_ms).execute(pool).await?;
+                sqlx::query(&sql)
+                    .bind(&number)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
             }
             Store::Postgres(pool) => {
-                sqlx::query(&sql).bind(&number).bind(now_ms).execute(pool).await?;
+                sqlx::query(&sql)
+                    .bind(&number)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
             }
         }
         self.find_case(&number)

@@ -445,7 +445,11 @@ impl Address {
 /// or nothing worth filing. Silence and noise come back from Whisper as nothing, a bracketed
 /// annotation ("[BLANK_AUDIO]", "(static)") or a couple of stray words; a draft with neither
 /// category nor address and fewer than three words is treated as empty.
-pub fn outcome(transcript: &str, draft: &CaseDraft, min_confidence: f64) -> crate::ivr::DraftOutcome {
+pub fn outcome(
+    transcript: &str,
+    draft: &CaseDraft,
+    min_confidence: f64,
+) -> crate::ivr::DraftOutcome {
     use crate::ivr::DraftOutcome;
     let spoken = strip_annotations(transcript);
     let words = spoken
@@ -1008,7 +1012,9 @@ pub fn parse_house_number(words: &[&str]) -> Option<(u32, usize)> {
     // "one 25": Whisper writes the first group of "one twenty five" as a word and the second
     // as digits.
     if let (Some(lead), Some(rest)) = (
-        unit(&words[0]).or_else(|| teen(&words[0])).or_else(|| tens(&words[0])),
+        unit(&words[0])
+            .or_else(|| teen(&words[0]))
+            .or_else(|| tens(&words[0])),
         words.get(1),
     ) {
         if rest.len() == 2 && rest.chars().all(|c| c.is_ascii_digit()) && lead > 0 {
@@ -1258,7 +1264,13 @@ mod outcome_tests {
 
     #[test]
     fn silence_noise_and_stray_words_are_empty() {
-        for text in ["", "[BLANK_AUDIO]", "(static)", " (upbeat music) ", "Thank you."] {
+        for text in [
+            "",
+            "[BLANK_AUDIO]",
+            "(static)",
+            " (upbeat music) ",
+            "Thank you.",
+        ] {
             assert_eq!(outcome_of(text), DraftOutcome::Empty, "{text:?}");
         }
     }
@@ -1283,7 +1295,10 @@ mod outcome_tests {
         let text = "(There is a large pothole in front of one 25 main street)";
         let d = draft(text, &categories, &streets);
         assert_eq!(d.category.as_deref(), Some("pothole"));
-        assert_eq!(d.address.map(|a| a.display()).as_deref(), Some("125 Main Street"));
+        assert_eq!(
+            d.address.map(|a| a.display()).as_deref(),
+            Some("125 Main Street")
+        );
     }
 }
 

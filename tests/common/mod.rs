@@ -228,4 +228,3 @@ pub fn best_correlation(
     }
     best
 }
-
