@@ -28,6 +28,7 @@ pub mod events;
 pub mod ivr;
 pub mod media;
 pub mod numbers;
+pub mod routing;
 pub mod runtime;
 pub mod sip;
 pub mod speech;
