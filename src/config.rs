@@ -34,6 +34,39 @@ pub struct Config {
     pub store: StoreConfig,
     pub ivr: IvrConfig,
     pub speech: SpeechConfig,
+    pub routing: RoutingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Skill-based queues; "" keeps hand-offs on the "all agents busy" placeholder.
+    pub queues: PathBuf,
+    /// Agents, their skills and digest credentials (stored as HA1 hashes).
+    pub agents: PathBuf,
+    /// Digest realm agents' phones authenticate in (the HA1 hashes are computed with it).
+    pub realm: String,
+    /// A phone that registers makes its agent ready.
+    pub ready_on_register: bool,
+    /// Digest algorithms offered in 401 challenges, in order of preference: "SHA-256" and/or
+    /// "MD5" (RFC 8760 puts SHA-256 first). Debian's baresip 1.0 fails on any SHA-256
+    /// challenge, so a site with such phones lists only "MD5".
+    pub digest_algorithms: Vec<String>,
+    /// Prompts looped to callers while they wait.
+    pub hold_prompts: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            queues: PathBuf::from("routing-rules/queues.toml"),
+            agents: PathBuf::from("routing-rules/agents.toml"),
+            realm: "civicline".into(),
+            ready_on_register: true,
+            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            hold_prompts: vec!["hold_music".into(), "please_hold".into()],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -34,6 +34,9 @@ pub enum EventKind {
     /// A recording's draft came back (`reason`: understood, low_confidence, empty,
     /// unavailable; `detail`: path, category, confidence, timings; never the words).
     Transcript,
+    /// A routing-core queue event (`reason`: joined, offered, answered, abandoned, ...;
+    /// `detail`: the event as JSON; `duration`: the hold time where there is one).
+    Queue,
 }
 
 impl EventKind {
@@ -53,6 +56,7 @@ impl EventKind {
             EventKind::Prompt => "prompt",
             EventKind::CaseCreated => "case_created",
             EventKind::Transcript => "transcript",
+            EventKind::Queue => "queue",
         }
     }
 
@@ -72,6 +76,7 @@ impl EventKind {
             EventKind::Prompt,
             EventKind::CaseCreated,
             EventKind::Transcript,
+            EventKind::Queue,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -555,6 +555,9 @@ pub struct AgentProfile {
     pub sip_user: Option<String>,
     pub skills: SkillSet,
     pub languages: Vec<String>,
+    /// Digest credentials as stored hashes (HA1 = H(user:realm:password)), never the password.
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
 }
 
 /// Loads agents.toml, checking every skill against the declared skills of `rules`.
@@ -586,12 +589,29 @@ pub fn parse_agents(
             return Err(err(a.id.span().start, format!("duplicate agent id {id:?}")));
         }
         let skills = skill_map(a.skills.get_ref(), &rules.skills, &err)?;
+        let hash = |field: &Option<Spanned<String>>, len: usize| match field {
+            Some(h)
+                if h.get_ref().len() != len
+                    || !h.get_ref().bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Err(err(
+                    h.span().start,
+                    format!("an HA1 here is {len} hex digits (civicline agent-ha1 prints them)"),
+                ))
+            }
+            Some(h) => Ok(Some(h.get_ref().to_ascii_lowercase())),
+            None => Ok(None),
+        };
+        let ha1_md5 = hash(&a.ha1_md5, 32)?;
+        let ha1_sha256 = hash(&a.ha1_sha256, 64)?;
         out.push(AgentProfile {
             id: AgentId(id.clone()),
             name: a.name.unwrap_or_else(|| id.clone()),
             sip_user: a.sip_user,
             skills,
             languages: a.languages,
+            ha1_md5,
+            ha1_sha256,
         });
     }
     Ok(out)
@@ -662,6 +682,8 @@ struct AgentFile {
     skills: Spanned<BTreeMap<String, Spanned<i64>>>,
     #[serde(default)]
     languages: Vec<String>,
+    ha1_md5: Option<Spanned<String>>,
+    ha1_sha256: Option<Spanned<String>>,
 }
 
 // ---- validation helpers ------------------------------------------------------------------

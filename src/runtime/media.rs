@@ -234,7 +234,15 @@ struct Session {
     malformed: u64,
     next_rtcp: Instant,
     decoded: Vec<i16>,
+    /// The session whose audio this one relays (caller and agent bridged), by RTP port.
+    bridged_to: Option<u16>,
+    /// Decoded frames from the bridged session, sent on this session's own 20 ms beat
+    /// (re-encoded in this leg's law, so PCMU and PCMA legs can be bridged).
+    relay: VecDeque<Vec<i16>>,
 }
+
+/// Frames of relayed audio kept at most (160 ms): beyond that the oldest is dropped.
+const RELAY_FRAMES: usize = 8;
 
 impl Session {
     fn arrival_units(&self, now: Instant) -> u32 {
@@ -393,6 +401,8 @@ async fn media_loop(
                             malformed: 0,
                             next_rtcp: now + RTCP_INTERVAL,
                             decoded: Vec::with_capacity(FRAME),
+                            bridged_to: None,
+                            relay: VecDeque::new(),
                         });
                     }
                     MediaCommand::Close { call_ref, rtp_port } => {
@@ -401,6 +411,10 @@ async fn media_loop(
                             slot.retain(|p| *p != rtp_port);
                         }
                         if let Some(session) = sessions.remove(&rtp_port) {
+                            if let Some(other) = session.bridged_to.and_then(|p| sessions.get_mut(&p)) {
+                                other.bridged_to = None;
+                                other.relay.clear();
+                            }
                             let report_event = MediaEvent::Stats(RtpReport {
                                 sip_call_id: session.sip_call_id.clone(),
                                 packets_sent: session.packets_sent,
@@ -437,6 +451,16 @@ async fn media_loop(
                     MediaCommand::StartCapture { call_ref, max, silence } => {
                         if let Some(session) = ports_by_ref.get(&call_ref).and_then(|p| sessions.get_mut(p)) {
                             session.capture = Some(Capture::new(max, silence, settings.no_speech_timeout.min(max), Instant::now()));
+                        }
+                    }
+                    MediaCommand::Bridge { a, b } => {
+                        let (Some(&port_a), Some(&port_b)) = (ports_by_ref.get(&a), ports_by_ref.get(&b)) else { continue };
+                        for (port, other) in [(port_a, port_b), (port_b, port_a)] {
+                            if let Some(session) = sessions.get_mut(&port) {
+                                session.playlist.clear();
+                                session.play_id = None;
+                                session.bridged_to = Some(other);
+                            }
                         }
                     }
                     MediaCommand::StopCapture { call_ref } => {
@@ -491,9 +515,18 @@ async fn media_loop(
                     }
                 }
                 let done = session.capture.as_mut().and_then(|c| c.push(&frame));
+                let relay = session.bridged_to.map(|port| (port, frame.clone()));
                 session.decoded = frame;
                 if let Some(reason) = done {
                     finish_capture(session, reason, &settings, &inbound);
+                }
+                if let Some((port, frame)) = relay {
+                    if let Some(other) = sessions.get_mut(&port) {
+                        other.relay.push_back(frame);
+                        if other.relay.len() > RELAY_FRAMES {
+                            other.relay.pop_front();
+                        }
+                    }
                 }
             }
             // No calls, no wake-ups: an idle server does not tick 1000 times a second.
@@ -535,6 +568,13 @@ fn send_frame(
     report: &impl Fn(MediaEvent, &str),
 ) {
     let mut payload = [session.law.silence(); FRAME];
+    if session.playlist.is_empty() {
+        if let Some(pcm) = session.relay.pop_front() {
+            for (out, sample) in payload.iter_mut().zip(&pcm) {
+                *out = session.law.encode_sample(*sample);
+            }
+        }
+    }
     if let Some(current) = session.playlist.front().cloned() {
         let end = (session.play_offset + FRAME).min(current.len());
         let chunk = &current[session.play_offset..end];

@@ -202,6 +202,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let instance = format!("{:08x}", rand::random::<u32>());
     let mut engine_config = config.engine_config(instance);
     engine_config.flow = flow;
+    engine_config.routing = load_routing(&config)?;
     let engine = Engine::new(
         engine_config,
         PortPool::new(rtp_ports.iter().copied()),
@@ -288,12 +289,61 @@ fn load_ivr(
     let flow = crate::ivr::Flow::load(&config.ivr.flow, &exists)?;
     // Prompts the engine plays itself, outside any flow step.
     store.require(dir, &flow.languages, &["all_agents_busy"])?;
+    if !config.routing.queues.as_os_str().is_empty() {
+        let hold: Vec<&str> = config
+            .routing
+            .hold_prompts
+            .iter()
+            .map(String::as_str)
+            .collect();
+        store.require(dir, &flow.languages, &hold)?;
+    }
     tracing::info!(
         steps = flow.steps.len(),
         prompts = store.len(),
         "IVR flow and prompts loaded"
     );
     Ok((Some(Arc::new(flow)), store))
+}
+
+/// Loads and checks queues.toml and agents.toml; any fault stops start-up with file, line and
+/// reason.
+fn load_routing(config: &Config) -> anyhow::Result<Option<Arc<crate::engine::RoutingSetup>>> {
+    let routing = &config.routing;
+    if routing.queues.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let rules = crate::routing::rules::Rules::load(&routing.queues)?;
+    let agents = crate::routing::rules::load_agents(&routing.agents, &rules)?;
+    let algorithms: Vec<String> = routing
+        .digest_algorithms
+        .iter()
+        .map(|a| a.to_ascii_uppercase())
+        .collect();
+    if algorithms.is_empty() || algorithms.iter().any(|a| a != "MD5" && a != "SHA-256") {
+        anyhow::bail!(
+            "[routing] digest_algorithms must list \"SHA-256\" and/or \"MD5\", not {:?}",
+            routing.digest_algorithms
+        );
+    }
+    tracing::info!(
+        queues = rules.queues().len(),
+        agents = agents.len(),
+        "queues and agents loaded"
+    );
+    Ok(Some(Arc::new(crate::engine::RoutingSetup {
+        rules,
+        agents,
+        digest: crate::sip::digest::DigestConfig {
+            realm: routing.realm.clone(),
+            offer_md5: algorithms.iter().any(|a| a == "MD5"),
+            offer_sha256: algorithms.iter().any(|a| a == "SHA-256"),
+            md5_first: algorithms.first().is_some_and(|a| a == "MD5"),
+            ..Default::default()
+        },
+        ready_on_register: routing.ready_on_register,
+        hold_prompts: routing.hold_prompts.clone(),
+    })))
 }
 
 /// Runs until `shutdown` completes, then stops gracefully.

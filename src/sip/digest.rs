@@ -532,6 +532,11 @@ pub struct DigestConfig {
     pub nonce_ttl_ms: u64,
     /// Offer and accept MD5 next to SHA-256 (most desk phones still know only MD5).
     pub offer_md5: bool,
+    /// List the MD5 challenge before the SHA-256 one (RFC 8760 wants SHA-256 first).
+    pub md5_first: bool,
+    /// Offer SHA-256. Some phones fail on any challenge they cannot do instead of picking the
+    /// one they can (Debian's baresip 1.0 answers a SHA-256 challenge with ENOSYS).
+    pub offer_sha256: bool,
     /// Bind nonces to the source key, so a nonce answered from elsewhere is refused.
     pub bind_nonce_to_source: bool,
     /// Most accepted nonces tracked for `nc` replay.
@@ -545,6 +550,8 @@ impl Default for DigestConfig {
             realm: "civicline".into(),
             nonce_ttl_ms: 300_000,
             offer_md5: true,
+            md5_first: false,
+            offer_sha256: true,
             bind_nonce_to_source: true,
             replay_capacity: 4096,
             throttle: ThrottleConfig::default(),
@@ -693,9 +700,16 @@ impl Authenticator {
     pub fn challenge(&mut self, source: &str, stale: bool, now_ms: u64) -> Vec<String> {
         self.salt = self.salt.wrapping_add(1);
         let nonce = self.make_nonce(source, now_ms, self.salt);
-        let mut algorithms = vec![Algorithm::Sha256];
+        let mut algorithms = Vec::new();
+        if self.config.offer_sha256 || !self.config.offer_md5 {
+            algorithms.push(Algorithm::Sha256);
+        }
         if self.config.offer_md5 {
-            algorithms.push(Algorithm::Md5);
+            if self.config.md5_first {
+                algorithms.insert(0, Algorithm::Md5);
+            } else {
+                algorithms.push(Algorithm::Md5);
+            }
         }
         algorithms
             .into_iter()

@@ -32,6 +32,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // Whisper is loaded only where a test asks for it (tests/speech_calls.rs): elsewhere the
     // speech stage runs degraded, which is itself a tested mode.
     config.speech.model = std::path::PathBuf::new();
+    // Queues only where a test asks for them (tests/queue_calls.rs).
+    config.routing.queues = std::path::PathBuf::new();
     config
 }
 

@@ -5,6 +5,9 @@
 //! the calls (one UAS dialog each), the RTP port pool's bookkeeping and the events to record. It
 //! never touches a socket, a thread, a clock or the database: `runtime/` does that.
 
+mod queueing;
+pub use queueing::RoutingSetup;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -58,6 +61,8 @@ pub struct EngineConfig {
     pub codecs: Vec<Codec>,
     /// The IVR flow callers walk after the ACK; `None` leaves answered calls silent.
     pub flow: Option<Arc<Flow>>,
+    /// Queues and agents; `None` keeps the "all agents busy" placeholder for hand-offs.
+    pub routing: Option<Arc<RoutingSetup>>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
             telephone_event_pt: 101,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             flow: None,
+            routing: None,
         }
     }
 }
@@ -178,6 +184,12 @@ pub enum MediaCommand {
     StopCapture {
         call_ref: String,
     },
+    /// Relay audio both ways between two calls' media (caller and agent), transcoding between
+    /// PCMU and PCMA where the legs differ; playback on either stops.
+    Bridge {
+        a: String,
+        b: String,
+    },
 }
 
 /// What the runtime must carry out.
@@ -265,6 +277,8 @@ struct Call {
     last_recording: Option<String>,
     /// The case stored for this call, attached to its hand-off.
     case_number: Option<String>,
+    /// The category of the caller's understood report, for routing and the agent's whisper.
+    category: Option<String>,
 }
 
 /// RTP ports the runtime bound in advance; reused least-recently-released first so late packets
@@ -312,6 +326,9 @@ pub struct Engine {
     next_call: u64,
     shutting_down: bool,
     stats: EngineStats,
+    queueing: Option<Box<queueing::Queueing>>,
+    /// The `now` of the latest input or timeout (for bookkeeping deep in call teardown).
+    last_now: Option<Instant>,
 }
 
 /// Why a request is refused before any method handling.
@@ -322,7 +339,14 @@ struct Reject {
 
 impl Engine {
     pub fn new(config: EngineConfig, ports: PortPool, seed: u64) -> Self {
-        Engine {
+        let mut secret_rng = SmallRng::seed_from_u64(seed ^ 0x005e_c2e7);
+        let mut secret = [0u8; 32];
+        secret_rng.fill(&mut secret);
+        let queueing = config
+            .routing
+            .clone()
+            .map(|setup| Box::new(queueing::Queueing::new(setup, secret)));
+        let mut engine = Engine {
             transactions: TransactionLayer::new(config.timers),
             config,
             rng: SmallRng::seed_from_u64(seed),
@@ -339,7 +363,16 @@ impl Engine {
             next_call: 1,
             shutting_down: false,
             stats: EngineStats::default(),
-        }
+            queueing: None,
+            last_now: None,
+        };
+        engine.queueing = queueing;
+        engine
+    }
+
+    /// The routing core, when queues are configured (read-only: for the API and tests).
+    pub fn router(&self) -> Option<&crate::routing::core::Router> {
+        self.queueing.as_deref().map(|q| q.router())
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -378,13 +411,12 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let tx = self.transactions.next_timeout();
         let call = self.call_timers.first().map(|(at, _)| *at);
-        match (tx, call) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let routing = self.queueing.as_deref().and_then(|q| q.poll_timeout());
+        [tx, call, routing].into_iter().flatten().min()
     }
 
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.last_now = Some(now);
         match input {
             Input::Sip { peer, bytes } => self.handle_sip(now, peer, &bytes),
             Input::Shutdown => self.shutdown(now),
@@ -401,8 +433,10 @@ impl Engine {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
         self.transactions.handle_timeout(now);
         self.drain_transactions(now);
+        self.queueing_timeout(now);
         while let Some(&(at, number)) = self.call_timers.first() {
             if at > now {
                 break;
@@ -660,6 +694,7 @@ impl Engine {
             "BYE" => self.handle_bye(now, tx, peer, &request),
             "CANCEL" => self.handle_cancel(now, tx, peer, &request),
             "INFO" => self.handle_info(now, tx, peer, &request),
+            "REGISTER" if self.queueing.is_some() => self.handle_register(now, tx, peer, &request),
             m if KNOWN_UNSUPPORTED.iter().any(|k| k.eq_ignore_ascii_case(m)) => {
                 let extra = vec![("Allow", ALLOWED_METHODS.to_string())];
                 self.respond(now, tx, peer, &request, 405, Some(&tag), extra, None);
@@ -909,6 +944,7 @@ impl Engine {
             play_id: 0,
             last_recording: None,
             case_number: None,
+            category: None,
         };
         self.emit(received);
         self.dialogs
@@ -1054,6 +1090,9 @@ impl Engine {
             });
             return;
         }
+        if self.leg_media(now, call_ref, &event) {
+            return;
+        }
         let Some(&number) = self.call_refs.get(call_ref) else {
             return;
         };
@@ -1076,6 +1115,9 @@ impl Engine {
                 }
                 if let Some(reason) = call.hangup_after_prompt {
                     self.record_end_and_bye(now, number, reason);
+                    return;
+                }
+                if self.hold_prompt_finished(now, number) {
                     return;
                 }
                 IvrEvent::PromptFinished
@@ -1151,6 +1193,11 @@ impl Engine {
         );
         event.detail = detail;
         self.emit(event);
+        if let (crate::ivr::DraftOutcome::Understood { category }, Some(call)) =
+            (&outcome, self.calls.get_mut(&number))
+        {
+            call.category = Some(category.clone());
+        }
         if self
             .calls
             .get(&number)
@@ -1259,12 +1306,14 @@ impl Engine {
                     event.detail = Some(format!("{{\"digits\":{}}}", json_string(&digits)));
                     self.emit(event);
                 }
-                IvrAction::HandOff { queue } => self.handoff_placeholder_busy_then_hangup(
-                    now,
-                    number,
-                    &queue,
-                    std::mem::take(&mut batch_prompts),
-                ),
+                IvrAction::HandOff { queue } => {
+                    let prompts = std::mem::take(&mut batch_prompts);
+                    if self.queueing.is_none()
+                        || !self.enqueue(now, number, &queue, prompts.clone())
+                    {
+                        self.handoff_placeholder_busy_then_hangup(now, number, &queue, prompts)
+                    }
+                }
                 // The IVR asks to hang up once its prompts have played, so this is the moment.
                 IvrAction::Hangup => self.record_end_and_bye(now, number, "ivr_hangup"),
                 IvrAction::CreateCase => {
@@ -1372,6 +1421,9 @@ impl Engine {
     }
 
     fn handle_bye(&mut self, now: Instant, tx: TxId, peer: Peer, request: &SipMessage) {
+        if self.leg_bye(now, tx, peer, request) {
+            return;
+        }
         let Some(number) = self.find_dialog(request) else {
             let tag = self.random_token();
             self.respond(now, tx, peer, request, 481, Some(&tag), Vec::new(), None);
@@ -1485,6 +1537,10 @@ impl Engine {
     }
 
     fn forget_call(&mut self, number: u64) {
+        if let (Some(now), true) = (self.last_now, self.queueing.is_some()) {
+            // The clock of the last input: queue bookkeeping needs an instant, not a fresh one.
+            self.caller_gone(now, number);
+        }
         if let Some(call) = self.calls.remove(&number) {
             self.dialogs
                 .remove(&Self::dialog_key(&call.sip_call_id, &call.local_tag));
@@ -1603,6 +1659,9 @@ impl Engine {
     /// Records the end of a call we hang up, then sends BYE; the call is forgotten when the
     /// BYE transaction finishes (or times out).
     fn record_end_and_bye(&mut self, now: Instant, number: u64, reason: &str) {
+        if self.queueing.is_some() {
+            self.caller_gone(now, number);
+        }
         let Some(call) = self.calls.get(&number) else {
             return;
         };
@@ -1644,7 +1703,14 @@ impl Engine {
                         }
                     }
                 }
-                TxOutput::ClientResponse { id, status, .. } => {
+                TxOutput::ClientResponse {
+                    id,
+                    status,
+                    response,
+                } => {
+                    if self.leg_response(now, id, status, &response) {
+                        continue;
+                    }
                     if status >= 200 {
                         if let Some(number) = self.bye_tx_calls.remove(&id) {
                             self.forget_call(number);
@@ -1652,6 +1718,9 @@ impl Engine {
                     }
                 }
                 TxOutput::ClientTimeout { id } => {
+                    if self.leg_timeout(now, id) {
+                        continue;
+                    }
                     if let Some(number) = self.bye_tx_calls.remove(&id) {
                         let mut failed = self.record_for(number, now, EventKind::Failed);
                         failed.reason = Some("bye_timeout".into());

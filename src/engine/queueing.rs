@@ -1,0 +1,1059 @@
+//! Agents and queues inside the engine: REGISTER with digest authentication (sip::digest,
+//! sip::registrar), callers handed from the IVR to the pure routing core (routing::core), the
+//! agent legs the router's offers become (INVITE to the Contact the agent registered, CANCEL,
+//! BYE), hold music while queued, a whisper of the case category to the agent, and the bridge of
+//! the two legs' media. Every routing decision is the router's; this file only carries them out
+//! and records the router's queue events in the call log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{
+    json_string, uri_host, CallState, Engine, MediaCommand, MediaEvent, Output, ALLOWED_METHODS,
+};
+use crate::events::{CallEvent, EventKind};
+use crate::routing::core::{CallId, Router, RouterInput, RouterOutput};
+use crate::routing::rules::{AgentId, AgentProfile, CallerAttrs, QueueId, Rules};
+use crate::sip::digest::{Algorithm, Authenticator, Decision, DigestConfig};
+use crate::sip::headers::{NameAddr, SipUri};
+use crate::sip::message::{SipMessage, StartLine};
+use crate::sip::registrar::{Presence, RegisterRequest, Registrar, RegistrarConfig};
+use crate::sip::sdp;
+use crate::sip::transaction::TxId;
+use crate::sip::transport::Peer;
+
+/// Queues, agents and credentials, loaded and checked by the runtime.
+#[derive(Debug, Clone)]
+pub struct RoutingSetup {
+    pub rules: Rules,
+    pub agents: Vec<AgentProfile>,
+    pub digest: DigestConfig,
+    /// A phone that registers makes its agent ready (no separate sign-in step yet).
+    pub ready_on_register: bool,
+    /// Played in a loop to callers while they wait.
+    pub hold_prompts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LegState {
+    /// INVITE sent, no answer yet.
+    Inviting,
+    /// 200 received and acknowledged; the whisper plays, then the bridge.
+    Whisper,
+    Bridged,
+    /// CANCEL sent (or about to be): a 200 that crosses it is acknowledged and hung up.
+    Cancelling,
+    /// BYE sent.
+    Ending,
+}
+
+/// The call from us to an agent's phone for one offer.
+#[derive(Debug)]
+struct AgentLeg {
+    caller: u64,
+    agent: AgentId,
+    media_ref: String,
+    sip_call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    invite: SipMessage,
+    invite_tx: TxId,
+    peer: Peer,
+    remote_target: String,
+    rtp_port: u16,
+    state: LegState,
+    cseq: u32,
+    play_id: u64,
+    /// Our Via up to its branch ("SIP/2.0/UDP 127.0.0.1:5060"), for requests in the dialog.
+    via_sent_by: String,
+}
+
+/// What the engine keeps about queues and agents.
+pub struct Queueing {
+    setup: Arc<RoutingSetup>,
+    router: Router,
+    auth: Authenticator,
+    registrar: Registrar,
+    /// When the engine first saw the clock: router and registrar time is ms since then.
+    epoch: Option<Instant>,
+    /// sip user -> agent.
+    by_user: HashMap<String, usize>,
+    /// Where each agent's REGISTER came from: requests to the agent go there (NAT-safe, like
+    /// Asterisk's force_rport), to the Request-URI of their Contact exactly as registered.
+    agent_peers: HashMap<String, Peer>,
+    legs: HashMap<u64, AgentLeg>,
+    next_leg: u64,
+    leg_by_tx: HashMap<TxId, u64>,
+    leg_by_dialog: HashMap<String, u64>,
+    leg_by_media: HashMap<String, u64>,
+    /// Callers in a queue (waiting or ringing an agent), by call number.
+    queued: HashMap<u64, QueuedCaller>,
+}
+
+#[derive(Debug, Default)]
+struct QueuedCaller {
+    /// The leg that is bridged to this caller, if any.
+    bridged: Option<u64>,
+    category: Option<String>,
+}
+
+impl Queueing {
+    pub fn new(setup: Arc<RoutingSetup>, secret: [u8; 32]) -> Queueing {
+        let by_user = setup
+            .agents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.sip_user.clone().map(|u| (u, i)))
+            .collect();
+        Queueing {
+            router: Router::new(setup.rules.clone()),
+            auth: Authenticator::new(setup.digest.clone(), secret),
+            registrar: Registrar::new(RegistrarConfig::default()),
+            epoch: None,
+            by_user,
+            agent_peers: HashMap::new(),
+            legs: HashMap::new(),
+            next_leg: 1,
+            leg_by_tx: HashMap::new(),
+            leg_by_dialog: HashMap::new(),
+            leg_by_media: HashMap::new(),
+            queued: HashMap::new(),
+            setup,
+        }
+    }
+
+    fn ms(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u64
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let epoch = self.epoch?;
+        [self.router.poll_timeout(), self.registrar.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|ms| epoch + Duration::from_millis(ms))
+    }
+
+    /// Read access for the HTTP API and tests.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+}
+
+impl Engine {
+    pub(super) fn queueing_timeout(&mut self, now: Instant) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let ms = q.ms(now);
+        let gone = q.registrar.expire(ms);
+        q.router.handle_timeout(ms);
+        for user in gone {
+            self.agent_offline(now, &user);
+        }
+        self.drain_router(now);
+    }
+
+    fn agent_of_user(&self, user: &str) -> Option<AgentProfile> {
+        let q = self.queueing.as_deref()?;
+        q.by_user.get(user).map(|&i| q.setup.agents[i].clone())
+    }
+
+    fn agent_offline(&mut self, now: Instant, user: &str) {
+        let Some(agent) = self.agent_of_user(user) else {
+            return;
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let ms = q.ms(now);
+        q.agent_peers.remove(user);
+        let _ = q
+            .router
+            .handle_input(ms, RouterInput::AgentLogout { agent: agent.id });
+    }
+
+    /// REGISTER from an agent's phone: digest authentication, then the registrar.
+    pub(super) fn handle_register(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        peer: Peer,
+        request: &SipMessage,
+    ) {
+        let tag = self.random_token();
+        let source = peer.remote.ip().to_string();
+        let authorization = request.header("Authorization").map(str::to_string);
+        let agents: Vec<AgentProfile> = match self.queueing.as_deref() {
+            Some(q) => q.setup.agents.clone(),
+            None => return,
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let ms = q.ms(now);
+        let realm = q.setup.digest.realm.clone();
+        let decision = q.auth.authenticate(
+            "REGISTER",
+            authorization.as_deref(),
+            &source,
+            |user, r, algorithm| {
+                if r != realm {
+                    return None;
+                }
+                let agent = agents
+                    .iter()
+                    .find(|a| a.sip_user.as_deref() == Some(user))?;
+                match algorithm {
+                    Algorithm::Md5 => agent.ha1_md5.clone(),
+                    Algorithm::Sha256 => agent.ha1_sha256.clone(),
+                }
+            },
+            ms,
+        );
+        let user = match decision {
+            Decision::Accept { user, .. } => user,
+            Decision::Challenge { www_authenticate } => {
+                let extra = www_authenticate
+                    .into_iter()
+                    .map(|v| ("WWW-Authenticate", v))
+                    .collect();
+                self.respond(now, tx, peer, request, 401, Some(&tag), extra, None);
+                return;
+            }
+            Decision::Throttled { retry_after_s } => {
+                let extra = vec![("Retry-After", retry_after_s.to_string())];
+                self.respond(now, tx, peer, request, 503, Some(&tag), extra, None);
+                return;
+            }
+            other => {
+                let code = other.status();
+                self.respond(now, tx, peer, request, code, Some(&tag), Vec::new(), None);
+                return;
+            }
+        };
+        // The authenticated user may only register their own address of record.
+        let to_user = request
+            .header("To")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|n| SipUri::parse(&n.uri).ok())
+            .and_then(|u| u.user);
+        if to_user.as_deref() != Some(user.as_str()) {
+            self.respond(now, tx, peer, request, 403, Some(&tag), Vec::new(), None);
+            return;
+        }
+        let contacts: Vec<&str> = request.header_values("Contact");
+        let cseq = request
+            .header("CSeq")
+            .and_then(|v| crate::sip::headers::CSeq::parse(v).ok())
+            .map(|c| c.seq)
+            .unwrap_or(0);
+        let register = RegisterRequest {
+            user: &user,
+            contacts: &contacts,
+            expires: request.header("Expires"),
+            call_id: request.header("Call-ID").unwrap_or_default(),
+            cseq,
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let result = q.registrar.register(&register, ms);
+        let registered = match result {
+            Ok(r) => r,
+            Err(error) => {
+                let code = error.status();
+                let mut extra = Vec::new();
+                if let Some(min) = error.min_expires() {
+                    extra.push(("Min-Expires", min.to_string()));
+                }
+                self.respond(now, tx, peer, request, code, Some(&tag), extra, None);
+                return;
+            }
+        };
+        q.agent_peers.insert(user.clone(), peer);
+        let extra = registered
+            .contacts
+            .iter()
+            .map(|c| ("Contact", c.clone()))
+            .chain([("Allow", ALLOWED_METHODS.to_string())])
+            .collect();
+        self.respond(now, tx, peer, request, 200, Some(&tag), extra, None);
+        let agent = self.agent_of_user(&user);
+        match (registered.presence, agent) {
+            (Presence::CameOnline, Some(agent)) => {
+                let ready = self
+                    .queueing
+                    .as_deref()
+                    .is_some_and(|q| q.setup.ready_on_register);
+                let Some(q) = self.queueing.as_deref_mut() else {
+                    return;
+                };
+                let _ = q.router.handle_input(
+                    ms,
+                    RouterInput::AgentLogin {
+                        agent: agent.id.clone(),
+                        skills: agent.skills.clone(),
+                    },
+                );
+                if ready {
+                    let _ = q
+                        .router
+                        .handle_input(ms, RouterInput::AgentReady { agent: agent.id });
+                }
+            }
+            (Presence::WentOffline, Some(_)) => self.agent_offline(now, &user),
+            _ => {}
+        }
+        self.drain_router(now);
+    }
+
+    /// The IVR hands a caller over: pick the queue, join it, play hold music.
+    pub(super) fn enqueue(
+        &mut self,
+        now: Instant,
+        number: u64,
+        queue: &str,
+        mut prompts: Vec<String>,
+    ) -> bool {
+        let Some(call) = self.calls.get(&number) else {
+            return false;
+        };
+        let language = call
+            .ivr
+            .as_ref()
+            .map(|i| i.language.clone())
+            .unwrap_or_else(|| "en".into());
+        let category = call.category.clone();
+        let call_ref = call.call_ref.clone();
+        let case_number = call.case_number.clone();
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return false;
+        };
+        let ms = q.ms(now);
+        let attrs = CallerAttrs {
+            language: language.clone(),
+            category: category.clone().unwrap_or_default(),
+            district: String::new(),
+            priority: 0,
+        };
+        let named = QueueId(queue.to_string());
+        let queue_id = if q.router.rules().queue(&named).is_some() {
+            Some(named)
+        } else {
+            q.router.rules().select_queue(&attrs)
+        };
+        let Some(queue_id) = queue_id else {
+            return false;
+        };
+        q.queued.insert(
+            number,
+            QueuedCaller {
+                bridged: None,
+                category,
+            },
+        );
+        let hold = q.setup.hold_prompts.clone();
+        let joined = q.router.handle_input(
+            ms,
+            RouterInput::CallerJoin {
+                call: CallId(call_ref),
+                queue: Some(queue_id.clone()),
+                attrs,
+                priority: 0,
+            },
+        );
+        if joined.is_err() {
+            q.queued.remove(&number);
+            return false;
+        }
+        let mut event = self.record_for(number, now, EventKind::HandOff);
+        event.reason = Some("queued".into());
+        event.detail = Some(match case_number {
+            Some(case) => format!(
+                "{{\"queue\":{},\"case_number\":{}}}",
+                json_string(&queue_id.0),
+                json_string(&case)
+            ),
+            None => format!("{{\"queue\":{}}}", json_string(&queue_id.0)),
+        });
+        self.emit(event);
+        prompts.extend(hold);
+        self.play(now, number, prompts, language);
+        self.drain_router(now);
+        true
+    }
+
+    /// A caller's prompt ended: while they wait, the hold music starts again.
+    pub(super) fn hold_prompt_finished(&mut self, now: Instant, number: u64) -> bool {
+        let Some(q) = self.queueing.as_deref() else {
+            return false;
+        };
+        match q.queued.get(&number) {
+            Some(waiting) if waiting.bridged.is_none() => {
+                let hold = q.setup.hold_prompts.clone();
+                let language = self.calls[&number]
+                    .ivr
+                    .as_ref()
+                    .map(|i| i.language.clone())
+                    .unwrap_or_else(|| "en".into());
+                self.play(now, number, hold, language);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The caller's call is ending (their BYE, a timeout, or our hang-up): leave the queue,
+    /// hang up the agent leg.
+    pub(super) fn caller_gone(&mut self, now: Instant, number: u64) {
+        let Some(call_ref) = self.calls.get(&number).map(|c| c.call_ref.clone()) else {
+            return;
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some(waiting) = q.queued.remove(&number) else {
+            return;
+        };
+        let ms = q.ms(now);
+        let call = CallId(call_ref);
+        let input = if waiting.bridged.is_some() {
+            RouterInput::CallEnded { call }
+        } else {
+            RouterInput::CallerHangup { call }
+        };
+        let _ = q.router.handle_input(ms, input);
+        let legs: Vec<u64> = q
+            .legs
+            .iter()
+            .filter(|(_, l)| l.caller == number)
+            .map(|(&n, _)| n)
+            .collect();
+        for leg in legs {
+            self.end_leg(now, leg);
+        }
+        self.drain_router(now);
+    }
+
+    /// Carries out what the router decided.
+    pub(super) fn drain_router(&mut self, now: Instant) {
+        loop {
+            let Some(output) = self
+                .queueing
+                .as_deref_mut()
+                .and_then(|q| q.router.poll_output())
+            else {
+                return;
+            };
+            match output {
+                RouterOutput::Record(event) => {
+                    let call_ref = event
+                        .call
+                        .as_ref()
+                        .map(|c| c.0.clone())
+                        .or_else(|| event.agent.as_ref().map(|a| format!("agent:{}", a.0)))
+                        .unwrap_or_default();
+                    let kind = serde_json::to_value(event.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string));
+                    self.emit(CallEvent {
+                        at: now,
+                        sip_call_id: String::new(),
+                        call_ref,
+                        kind: EventKind::Queue,
+                        status_code: None,
+                        reason: kind,
+                        duration: event.hold_ms.map(Duration::from_millis),
+                        caller: None,
+                        detail: serde_json::to_string(&event).ok(),
+                    });
+                }
+                RouterOutput::Offer { call, agent, .. } => self.offer(now, &call, &agent),
+                RouterOutput::CancelOffer { call, agent } => {
+                    let leg = self.queueing.as_deref().and_then(|q| {
+                        q.legs
+                            .iter()
+                            .find(|(_, l)| {
+                                l.agent == agent
+                                    && self.calls.get(&l.caller).map(|c| c.call_ref.as_str())
+                                        == Some(call.0.as_str())
+                            })
+                            .map(|(&n, _)| n)
+                    });
+                    if let Some(leg) = leg {
+                        self.end_leg(now, leg);
+                    }
+                }
+                RouterOutput::Connected { call, agent, .. } => {
+                    self.connected(now, &call, &agent);
+                }
+                RouterOutput::MaxWaitExceeded { call, .. }
+                | RouterOutput::NoAgents { call, .. }
+                | RouterOutput::Removed { call, .. } => {
+                    // Nobody can take the caller: say so and hang up (issue "wait estimates"
+                    // offers a callback here).
+                    if let Some(&number) = self.call_refs.get(&call.0) {
+                        if let Some(q) = self.queueing.as_deref_mut() {
+                            q.queued.remove(&number);
+                        }
+                        if let Some(c) = self.calls.get_mut(&number) {
+                            c.hangup_after_prompt = Some("no_agent");
+                        }
+                        let language = self.calls[&number]
+                            .ivr
+                            .as_ref()
+                            .map(|i| i.language.clone())
+                            .unwrap_or_else(|| "en".into());
+                        self.play(now, number, vec!["all_agents_busy".into()], language);
+                    }
+                }
+                RouterOutput::Overflowed { .. } | RouterOutput::AgentStateChanged { .. } => {}
+            }
+        }
+    }
+
+    /// Rings the agent: an INVITE to the Contact they registered.
+    fn offer(&mut self, now: Instant, call: &CallId, agent: &AgentId) {
+        let caller = self.call_refs.get(&call.0).copied();
+        let user = self.queueing.as_deref().and_then(|q| {
+            q.setup
+                .agents
+                .iter()
+                .find(|a| &a.id == agent)
+                .and_then(|a| a.sip_user.clone())
+        });
+        let target = match (&user, self.queueing.as_deref()) {
+            (Some(user), Some(q)) => q
+                .registrar
+                .bindings(user)
+                .last()
+                .map(|b| b.uri.clone())
+                .zip(q.agent_peers.get(user).copied()),
+            _ => None,
+        };
+        let port = self.ports.take();
+        let (Some(caller), Some((contact, peer)), Some(port), Some(user)) =
+            (caller, target, port, user)
+        else {
+            // Unreachable agent or no RTP port: the router puts the agent aside and the caller
+            // keeps their place.
+            if let Some(port) = port {
+                self.ports.put(port);
+            }
+            if let Some(q) = self.queueing.as_deref_mut() {
+                let ms = q.ms(now);
+                let _ = q.router.handle_input(
+                    ms,
+                    RouterInput::AgentRejected {
+                        agent: agent.clone(),
+                        call: call.clone(),
+                    },
+                );
+            }
+            return;
+        };
+        let host = uri_host(self.local_ip(&peer));
+        let local_tag = self.random_token();
+        let sip_call_id = format!("{}@{host}", self.random_token());
+        let branch = format!("z9hG4bK{}", self.random_token());
+        let session_id = self.rng_u64();
+        let offer = sdp::build_offer(
+            &sdp::LocalMedia {
+                address: self.local_ip(&peer),
+                rtp_port: port,
+                session_id,
+                session_version: session_id,
+                username: "civicline".into(),
+            },
+            self.config.telephone_event_pt,
+        );
+        let mut invite = SipMessage {
+            start: StartLine::Request {
+                method: "INVITE".into(),
+                uri: contact.clone(),
+                version: "SIP/2.0".into(),
+            },
+            headers: Vec::new(),
+            body: offer.into_bytes(),
+            problems: Vec::new(),
+        };
+        invite.push_header(
+            "Via",
+            format!(
+                "SIP/2.0/{} {host}:{};branch={branch};rport",
+                peer.transport,
+                peer.local.port()
+            ),
+        );
+        invite.push_header("Max-Forwards", "70");
+        invite.push_header(
+            "From",
+            format!("<sip:311@{host}:{}>;tag={local_tag}", peer.local.port()),
+        );
+        invite.push_header("To", format!("<sip:{user}@{host}>"));
+        invite.push_header("Call-ID", sip_call_id.clone());
+        invite.push_header("CSeq", "1 INVITE");
+        invite.push_header("Contact", self.contact_for(&peer));
+        invite.push_header("Allow", ALLOWED_METHODS);
+        invite.push_header("User-Agent", self.config.server_name.clone());
+        invite.push_header("Content-Type", "application/sdp");
+        let tx = self.transactions.send_request(now, peer, invite.clone());
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let leg_number = q.next_leg;
+        q.next_leg += 1;
+        let media_ref = format!("{}-agent-{leg_number}", call.0);
+        q.leg_by_tx.insert(tx, leg_number);
+        q.leg_by_dialog
+            .insert(format!("{sip_call_id}|{local_tag}"), leg_number);
+        q.leg_by_media.insert(media_ref.clone(), leg_number);
+        q.legs.insert(
+            leg_number,
+            AgentLeg {
+                caller,
+                agent: agent.clone(),
+                media_ref,
+                sip_call_id,
+                local_tag,
+                remote_tag: None,
+                invite,
+                invite_tx: tx,
+                peer,
+                remote_target: contact,
+                rtp_port: port,
+                state: LegState::Inviting,
+                cseq: 1,
+                play_id: 0,
+                via_sent_by: format!("SIP/2.0/{} {host}:{}", peer.transport, peer.local.port()),
+            },
+        );
+    }
+
+    fn rng_u64(&mut self) -> u64 {
+        use rand::Rng;
+        self.rng.gen::<u64>() >> 1
+    }
+
+    /// A response on an agent leg's INVITE (true when it was one).
+    pub(super) fn leg_response(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        status: u16,
+        response: &SipMessage,
+    ) -> bool {
+        let Some(leg_number) = self
+            .queueing
+            .as_deref()
+            .and_then(|q| q.leg_by_tx.get(&tx).copied())
+        else {
+            return false;
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return true;
+        };
+        let ms = q.ms(now);
+        let Some(leg) = q.legs.get_mut(&leg_number) else {
+            return true;
+        };
+        let call = self
+            .calls
+            .get(&leg.caller)
+            .map(|c| CallId(c.call_ref.clone()));
+        let agent = leg.agent.clone();
+        match status {
+            180 | 183 => {
+                if let Some(call) = call {
+                    let _ = q
+                        .router
+                        .handle_input(ms, RouterInput::AgentRinging { agent, call });
+                }
+            }
+            200..=299 => {
+                if leg.remote_tag.is_none() {
+                    leg.remote_tag = response
+                        .header("To")
+                        .and_then(|v| NameAddr::parse(v).ok())
+                        .and_then(|t| t.tag().map(str::to_string));
+                    if let Some(target) = response
+                        .header("Contact")
+                        .and_then(|v| NameAddr::parse(v).ok())
+                    {
+                        leg.remote_target = target.uri;
+                    }
+                }
+                // Every 2xx (retransmissions too) gets its ACK (RFC 3261 13.2.2.4).
+                let state = leg.state;
+                let ack_branch = format!("ack{leg_number}x{}", leg.sip_call_id.len());
+                let ack = leg_request(leg, "ACK", 1, &ack_branch);
+                let peer = leg.peer;
+                self.outputs.push_back(Output::Transmit {
+                    to: peer,
+                    bytes: Bytes::from(ack.to_bytes()),
+                });
+                match state {
+                    LegState::Inviting => {}
+                    // Answered after we cancelled it: acknowledged above, now hang up.
+                    LegState::Cancelling => {
+                        self.send_leg_bye(now, leg_number);
+                        self.forget_leg(leg_number);
+                        return true;
+                    }
+                    _ => return true,
+                }
+                let negotiated = sdp::parse(&response.body)
+                    .ok()
+                    .and_then(|s| sdp::accept_answer(&s).ok());
+                let Some(negotiated) = negotiated else {
+                    self.send_leg_bye(now, leg_number);
+                    if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
+                        let _ = q
+                            .router
+                            .handle_input(ms, RouterInput::AgentRejected { agent, call });
+                    }
+                    self.drain_router(now);
+                    return true;
+                };
+                let Some(q) = self.queueing.as_deref_mut() else {
+                    return true;
+                };
+                let Some(leg) = q.legs.get_mut(&leg_number) else {
+                    return true;
+                };
+                leg.state = LegState::Whisper;
+                let open = MediaCommand::Open {
+                    call_ref: leg.media_ref.clone(),
+                    sip_call_id: leg.sip_call_id.clone(),
+                    rtp_port: leg.rtp_port,
+                    remote: negotiated.remote_rtp,
+                    codec: negotiated.codec,
+                    payload_type: negotiated.payload_type,
+                    telephone_event_pt: negotiated.telephone_event_pt,
+                };
+                self.outputs.push_back(Output::Media(open));
+                if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
+                    let _ = q
+                        .router
+                        .handle_input(ms, RouterInput::AgentAnswered { agent, call });
+                }
+            }
+            300..=699 => {
+                let cancelled = leg.state == LegState::Cancelling;
+                self.forget_leg(leg_number);
+                if !cancelled {
+                    if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
+                        let _ = q
+                            .router
+                            .handle_input(ms, RouterInput::AgentRejected { agent, call });
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.drain_router(now);
+        true
+    }
+
+    /// An agent leg's INVITE got no answer at all (timer B).
+    pub(super) fn leg_timeout(&mut self, now: Instant, tx: TxId) -> bool {
+        let Some(leg_number) = self
+            .queueing
+            .as_deref()
+            .and_then(|q| q.leg_by_tx.get(&tx).copied())
+        else {
+            return false;
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return true;
+        };
+        let Some(leg) = q.legs.get(&leg_number) else {
+            return true;
+        };
+        let (caller, agent) = (leg.caller, leg.agent.clone());
+        self.forget_leg(leg_number);
+        let call = self.calls.get(&caller).map(|c| CallId(c.call_ref.clone()));
+        if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
+            let ms = q.ms(now);
+            let _ = q
+                .router
+                .handle_input(ms, RouterInput::AgentRejected { agent, call });
+        }
+        self.drain_router(now);
+        true
+    }
+
+    /// The router connected caller and agent: whisper the category to the agent, then bridge.
+    fn connected(&mut self, now: Instant, call: &CallId, agent: &AgentId) {
+        let Some(&number) = self.call_refs.get(&call.0) else {
+            return;
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some((&leg_number, _)) = q
+            .legs
+            .iter()
+            .find(|(_, l)| l.caller == number && &l.agent == agent && l.state == LegState::Whisper)
+        else {
+            return;
+        };
+        let category = q.queued.get(&number).and_then(|w| w.category.clone());
+        let leg = q.legs.get_mut(&leg_number).expect("found above");
+        leg.play_id += 1;
+        let play_id = leg.play_id;
+        let media_ref = leg.media_ref.clone();
+        if let Some(w) = q.queued.get_mut(&number) {
+            w.bridged = Some(leg_number);
+        }
+        // The caller's hold music stops now; the agent hears the whisper first.
+        self.next_play_id(number);
+        let caller_ref = call.0.clone();
+        self.outputs
+            .push_back(Output::Media(MediaCommand::StopPlayback {
+                call_ref: caller_ref,
+            }));
+        let whisper = match category {
+            Some(c) => vec![format!("category_{c}")],
+            None => Vec::new(),
+        };
+        if whisper.is_empty() {
+            self.bridge(now, leg_number);
+        } else {
+            self.outputs.push_back(Output::Media(MediaCommand::Play {
+                call_ref: media_ref,
+                prompts: whisper,
+                language: "en".into(),
+                play_id,
+            }));
+        }
+    }
+
+    fn bridge(&mut self, _now: Instant, leg_number: u64) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some(leg) = q.legs.get_mut(&leg_number) else {
+            return;
+        };
+        leg.state = LegState::Bridged;
+        let (agent_ref, caller) = (leg.media_ref.clone(), leg.caller);
+        if let Some(caller_ref) = self.calls.get(&caller).map(|c| c.call_ref.clone()) {
+            self.outputs.push_back(Output::Media(MediaCommand::Bridge {
+                a: caller_ref,
+                b: agent_ref,
+            }));
+        }
+    }
+
+    /// Media reports for agent legs (true when `media_ref` is one).
+    pub(super) fn leg_media(&mut self, now: Instant, media_ref: &str, event: &MediaEvent) -> bool {
+        let Some(leg_number) = self
+            .queueing
+            .as_deref()
+            .and_then(|q| q.leg_by_media.get(media_ref).copied())
+        else {
+            return false;
+        };
+        match event {
+            MediaEvent::PromptFinished { play_id } => {
+                let whisper_done = self.queueing.as_deref().is_some_and(|q| {
+                    q.legs
+                        .get(&leg_number)
+                        .is_some_and(|l| l.state == LegState::Whisper && l.play_id == *play_id)
+                });
+                if whisper_done {
+                    self.bridge(now, leg_number);
+                }
+            }
+            MediaEvent::RtpTimeout => self.agent_hung_up(now, leg_number, "agent_rtp_timeout"),
+            _ => {}
+        }
+        true
+    }
+
+    /// BYE from an agent's phone (true when it was for an agent leg).
+    pub(super) fn leg_bye(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        peer: Peer,
+        request: &SipMessage,
+    ) -> bool {
+        let to_tag = request
+            .header("To")
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|t| t.tag().map(str::to_string))
+            .unwrap_or_default();
+        let key = format!("{}|{to_tag}", request.header("Call-ID").unwrap_or_default());
+        let Some(leg_number) = self
+            .queueing
+            .as_deref()
+            .and_then(|q| q.leg_by_dialog.get(&key).copied())
+        else {
+            return false;
+        };
+        self.respond(now, tx, peer, request, 200, Some(&to_tag), Vec::new(), None);
+        if let Some(leg) = self
+            .queueing
+            .as_deref_mut()
+            .and_then(|q| q.legs.get_mut(&leg_number))
+        {
+            leg.state = LegState::Ending; // no BYE back
+        }
+        self.agent_hung_up(now, leg_number, "agent_hangup");
+        true
+    }
+
+    /// The agent side ended: the caller is hung up too and the router hears the call ended.
+    fn agent_hung_up(&mut self, now: Instant, leg_number: u64, reason: &str) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some(leg) = q.legs.get(&leg_number) else {
+            return;
+        };
+        let caller = leg.caller;
+        let already_ending = leg.state == LegState::Ending;
+        if !already_ending {
+            self.send_leg_bye(now, leg_number);
+        }
+        self.forget_leg(leg_number);
+        if let Some(q) = self.queueing.as_deref_mut() {
+            q.queued.remove(&caller);
+        }
+        let call_ref = self.calls.get(&caller).map(|c| c.call_ref.clone());
+        if let (Some(q), Some(call_ref)) = (self.queueing.as_deref_mut(), call_ref) {
+            let ms = q.ms(now);
+            let _ = q.router.handle_input(
+                ms,
+                RouterInput::CallEnded {
+                    call: CallId(call_ref),
+                },
+            );
+        }
+        if self
+            .calls
+            .get(&caller)
+            .is_some_and(|c| c.state == CallState::Confirmed)
+        {
+            self.record_end_and_bye(now, caller, reason);
+        }
+        self.drain_router(now);
+    }
+
+    /// Ends an agent leg whatever its state: CANCEL while it rings, BYE once answered.
+    fn end_leg(&mut self, now: Instant, leg_number: u64) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some(leg) = q.legs.get_mut(&leg_number) else {
+            return;
+        };
+        match leg.state {
+            LegState::Inviting => {
+                leg.state = LegState::Cancelling;
+                let cancel = leg_cancel(leg);
+                let peer = leg.peer;
+                self.transactions.send_request(now, peer, cancel);
+            }
+            LegState::Whisper | LegState::Bridged => {
+                self.send_leg_bye(now, leg_number);
+                self.forget_leg(leg_number);
+            }
+            LegState::Cancelling | LegState::Ending => {}
+        }
+    }
+
+    fn send_leg_bye(&mut self, now: Instant, leg_number: u64) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some(leg) = q.legs.get_mut(&leg_number) else {
+            return;
+        };
+        leg.state = LegState::Ending;
+        leg.cseq += 1;
+        let branch = format!("bye{leg_number}x{}", leg.cseq);
+        let bye = leg_request(leg, "BYE", leg.cseq, &branch);
+        let peer = leg.peer;
+        self.transactions.send_request(now, peer, bye);
+    }
+
+    fn forget_leg(&mut self, leg_number: u64) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let Some(leg) = q.legs.remove(&leg_number) else {
+            return;
+        };
+        q.leg_by_tx.remove(&leg.invite_tx);
+        q.leg_by_dialog
+            .remove(&format!("{}|{}", leg.sip_call_id, leg.local_tag));
+        q.leg_by_media.remove(&leg.media_ref);
+        self.ports.put(leg.rtp_port);
+        self.outputs.push_back(Output::Media(MediaCommand::Close {
+            call_ref: leg.media_ref,
+            rtp_port: leg.rtp_port,
+        }));
+    }
+}
+
+/// A request inside an agent leg's dialog (ACK for the 2xx, BYE), on a new branch.
+fn leg_request(leg: &AgentLeg, method: &str, cseq: u32, branch: &str) -> SipMessage {
+    let mut request = SipMessage {
+        start: StartLine::Request {
+            method: method.into(),
+            uri: leg.remote_target.clone(),
+            version: "SIP/2.0".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+        problems: Vec::new(),
+    };
+    request.push_header(
+        "Via",
+        format!("{};branch=z9hG4bK{branch};rport", leg.via_sent_by),
+    );
+    request.push_header("Max-Forwards", "70");
+    request.push_header("From", leg.invite.header("From").unwrap_or_default());
+    let to = leg.invite.header("To").unwrap_or_default();
+    request.push_header(
+        "To",
+        match &leg.remote_tag {
+            Some(tag) => format!("{to};tag={tag}"),
+            None => to.to_string(),
+        },
+    );
+    request.push_header("Call-ID", leg.sip_call_id.clone());
+    request.push_header("CSeq", format!("{cseq} {method}"));
+    request
+}
+
+/// CANCEL for a ringing agent leg: same branch, Call-ID, From, To and CSeq number as the INVITE.
+fn leg_cancel(leg: &AgentLeg) -> SipMessage {
+    let mut cancel = SipMessage {
+        start: StartLine::Request {
+            method: "CANCEL".into(),
+            uri: leg.invite.request_uri().unwrap_or_default().to_string(),
+            version: "SIP/2.0".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+        problems: Vec::new(),
+    };
+    for name in ["Via", "Max-Forwards", "From", "To", "Call-ID"] {
+        if let Some(value) = leg.invite.header(name) {
+            cancel.push_header(name, value.to_string());
+        }
+    }
+    cancel.push_header("CSeq", "1 CANCEL");
+    cancel
+}
