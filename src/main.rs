@@ -29,6 +29,30 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Queue report from the event log: per queue and 15-minute interval (offered, answered,
+    /// abandoned, service level, speed of answer, hold times, handle time) and per agent.
+    Report {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Start (UTC `2026-11-27`, `2026-11-27T08:00`, or unix ms); default: the beginning.
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive; default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Print the HA1 lines for an agent in routing-rules/agents.toml (the password is not kept).
+    AgentHa1 {
+        user: String,
+        password: String,
+        #[arg(long, default_value = "civicline")]
+        realm: String,
+    },
     /// Speech model tools.
     Model {
         #[command(subcommand)]
@@ -138,6 +162,55 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(civicline::runtime::run(cfg, shutdown_signal()))
         }
         Command::Model { command } => model_command(command),
+        Command::AgentHa1 {
+            user,
+            password,
+            realm,
+        } => {
+            use civicline::sip::digest::{ha1, Algorithm};
+            println!(
+                "ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"",
+                ha1(Algorithm::Md5, &user, &realm, &password),
+                ha1(Algorithm::Sha256, &user, &realm, &password)
+            );
+            Ok(())
+        }
+        Command::Report {
+            config,
+            data_dir,
+            from,
+            to,
+            csv,
+        } => {
+            let cfg = load(config, data_dir)?;
+            let time = |t: Option<String>, default: i64| -> anyhow::Result<i64> {
+                match t {
+                    Some(text) => civicline::runtime::report::parse_time(&text)
+                        .with_context(|| format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)")),
+                    None => Ok(default),
+                }
+            };
+            let from_ms = time(from, 0)?;
+            let to_ms = time(to, civicline::runtime::unix_ms_now() + 1)?;
+            let rules = if cfg.routing.queues.as_os_str().is_empty() {
+                None
+            } else {
+                Some(civicline::routing::rules::Rules::load(&cfg.routing.queues)?)
+            };
+            runtime()?.block_on(async {
+                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
+                let report = civicline::runtime::report::queue_report(
+                    &store,
+                    rules.as_ref(),
+                    from_ms,
+                    to_ms,
+                )
+                .await?;
+                use civicline::routing::metrics::{render_csv, render_table};
+                print!("{}", if csv { render_csv(&report) } else { render_table(&report) });
+                anyhow::Ok(())
+            })
+        }
         Command::Events {
             config,
             data_dir,

@@ -8,6 +8,7 @@ pub mod event_log;
 pub mod http;
 pub mod media;
 pub mod prompts;
+pub mod report;
 pub mod rtp;
 pub mod speech;
 pub mod speech_corpus;

@@ -186,6 +186,47 @@ impl Store {
         Ok(())
     }
 
+    /// Every event of one kind recorded in `[from_ms, to_ms)`, in log order (for reports).
+    pub async fn events_of_kind(
+        &self,
+        kind: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "{SELECT_COLUMNS} WHERE kind = $1 AND occurred_at_ms >= $2 AND occurred_at_ms < $3 ORDER BY seq"
+        );
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                sqlx::query(&sql)
+                    .bind(kind)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<StoredEvent, sqlx::Error> {
+                        Ok(StoredEvent {
+                            occurred_at_ms: r.try_get("occurred_at_ms")?,
+                            call_ref: r.try_get("call_ref")?,
+                            sip_call_id: r.try_get("sip_call_id")?,
+                            kind: r.try_get("kind")?,
+                            status_code: r.try_get("status_code")?,
+                            reason: r.try_get("reason")?,
+                            duration_ms: r.try_get("duration_ms")?,
+                            caller: r.try_get("caller")?,
+                            detail: r.try_get("detail")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => fetch!(pool),
+            Store::Postgres(pool) => fetch!(pool),
+        })
+    }
+
     /// Events in log order, optionally only one call's, at most `limit` of the newest.
     pub async fn events(
         &self,
