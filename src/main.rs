@@ -185,8 +185,11 @@ fn main() -> anyhow::Result<()> {
             let cfg = load(config, data_dir)?;
             let time = |t: Option<String>, default: i64| -> anyhow::Result<i64> {
                 match t {
-                    Some(text) => civicline::runtime::report::parse_time(&text)
-                        .with_context(|| format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)")),
+                    Some(text) => {
+                        civicline::runtime::report::parse_time(&text).with_context(|| {
+                            format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)")
+                        })
+                    }
                     None => Ok(default),
                 }
             };
@@ -207,7 +210,14 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await?;
                 use civicline::routing::metrics::{render_csv, render_table};
-                print!("{}", if csv { render_csv(&report) } else { render_table(&report) });
+                print!(
+                    "{}",
+                    if csv {
+                        render_csv(&report)
+                    } else {
+                        render_table(&report)
+                    }
+                );
                 anyhow::Ok(())
             })
         }

@@ -57,7 +57,10 @@ pub fn parse_time(text: &str) -> Option<i64> {
     if d.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
-    let mut t = time.trim_end_matches('Z').split(':').map(|p| p.parse::<i64>().ok());
+    let mut t = time
+        .trim_end_matches('Z')
+        .split(':')
+        .map(|p| p.parse::<i64>().ok());
     let (hour, minute) = (t.next()??, t.next().flatten().unwrap_or(0));
     let second = t.next().flatten().unwrap_or(0);
     // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).

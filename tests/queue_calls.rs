@@ -1,0 +1,421 @@
+//! Queues end to end over 127.0.0.1. Agents' phones are real baresip softphones that REGISTER
+//! with digest authentication and answer automatically; callers are baresip too, walking the
+//! default flow with keys. A Spanish caller reaches the Spanish-speaking agent, an English
+//! caller the most skilled English agent; a tone the caller sends is heard by the agent and the
+//! agent's tone by the caller; hold and talk times are in the log and in the report.
+//! Also, over raw UDP: the REGISTER challenge, 403 for a wrong password and for an unknown user
+//! alike, 200 for the right one (MD5 and SHA-256), and the throttle after repeated failures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use civicline::runtime::store::EventRow;
+use common::read_wav;
+use md5::{Digest, Md5};
+use sha2::Sha256;
+use tokio::net::UdpSocket;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn with_queues(algorithms: &[&str]) -> impl FnOnce(&mut civicline::config::Config) {
+    let algorithms: Vec<String> = algorithms.iter().map(|a| a.to_string()).collect();
+    move |c| {
+        c.ivr.flow = root().join("routing-rules/ivr.toml");
+        c.ivr.prompts_dir = root().join("prompts");
+        c.routing.queues = root().join("routing-rules/queues.toml");
+        c.routing.agents = root().join("routing-rules/agents.toml");
+        c.routing.digest_algorithms = algorithms;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn h(algorithm: &str, text: &str) -> String {
+    match algorithm {
+        "MD5" => hex(&Md5::digest(text.as_bytes())),
+        _ => hex(&Sha256::digest(text.as_bytes())),
+    }
+}
+
+fn param(challenge: &str, name: &str) -> String {
+    let start = challenge.find(&format!("{name}=")).unwrap() + name.len() + 1;
+    let rest = &challenge[start..];
+    let rest = rest.trim_start_matches('"');
+    rest[..rest.find(['"', ',']).unwrap_or(rest.len())].to_string()
+}
+
+/// One REGISTER from `user` over `socket`; returns the whole response text.
+async fn register(
+    socket: &UdpSocket,
+    server: std::net::SocketAddr,
+    user: &str,
+    cseq: u32,
+    authorization: Option<String>,
+) -> String {
+    let port = socket.local_addr().unwrap().port();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKr{user}{cseq};rport\r\n\
+         From: <sip:{user}@127.0.0.1>;tag=t{user}\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: reg-{user}\r\n\
+         CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: 600\r\n\
+         Max-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    socket.send_to(text.as_bytes(), server).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(common::WAIT, socket.recv_from(&mut buffer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..n]).to_string()
+}
+
+fn answer(challenge: &str, algorithm: &str, user: &str, password: &str, uri: &str) -> String {
+    let (realm, nonce, opaque) = (
+        param(challenge, "realm"),
+        param(challenge, "nonce"),
+        param(challenge, "opaque"),
+    );
+    let ha1 = h(algorithm, &format!("{user}:{realm}:{password}"));
+    let ha2 = h(algorithm, &format!("REGISTER:{uri}"));
+    let response = h(
+        algorithm,
+        &format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"),
+    );
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm={algorithm}, cnonce=\"c0ffee\", qop=auth, nc=00000001, opaque=\"{opaque}\""
+    )
+}
+
+fn challenges(response: &str) -> Vec<String> {
+    response
+        .lines()
+        .filter_map(|l| l.strip_prefix("WWW-Authenticate: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn agents_authenticate_with_digest_and_guessing_is_refused_then_throttled() {
+    let server = common::start_with(with_queues(&["SHA-256", "MD5"])).await;
+    let target = server.udp();
+    let uri = format!("sip:{target}");
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // No credentials: 401 with SHA-256 offered before MD5 (RFC 8760).
+    let first = register(&socket, target, "1001", 1, None).await;
+    assert!(first.starts_with("SIP/2.0 401"), "{first}");
+    let offered = challenges(&first);
+    assert_eq!(offered.len(), 2, "{first}");
+    assert!(offered[0].contains("algorithm=SHA-256") && offered[1].contains("algorithm=MD5"));
+
+    // The right password, SHA-256: 200 with the binding.
+    let auth = answer(&offered[0], "SHA-256", "1001", "civic-1001", &uri);
+    let ok = register(&socket, target, "1001", 2, Some(auth)).await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.contains("Contact: <sip:1001@127.0.0.1:"), "{ok}");
+    // And MD5 for another agent.
+    let first = register(&socket, target, "1002", 1, None).await;
+    let md5 = challenges(&first)
+        .into_iter()
+        .find(|c| c.contains("MD5"))
+        .unwrap();
+    let auth = answer(&md5, "MD5", "1002", "civic-1002", &uri);
+    let ok = register(&socket, target, "1002", 2, Some(auth)).await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+
+    // A wrong password and an unknown user get the same answer: 403.
+    let attacker = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let first = register(&attacker, target, "1003", 1, None).await;
+    let challenge = challenges(&first).remove(0);
+    let wrong = register(
+        &attacker,
+        target,
+        "1003",
+        2,
+        Some(answer(&challenge, "SHA-256", "1003", "guess", &uri)),
+    )
+    .await;
+    let first = register(&attacker, target, "9999", 1, None).await;
+    let challenge = challenges(&first).remove(0);
+    let unknown = register(
+        &attacker,
+        target,
+        "9999",
+        2,
+        Some(answer(&challenge, "SHA-256", "9999", "guess", &uri)),
+    )
+    .await;
+    let status = |r: &str| r.lines().next().unwrap_or_default().to_string();
+    assert_eq!(status(&wrong), "SIP/2.0 403 Forbidden");
+    assert_eq!(status(&unknown), status(&wrong), "no account enumeration");
+
+    // Keep guessing: after a few failures the source is throttled (503 with Retry-After,
+    // nothing checked), while the agent's own source is unaffected.
+    let mut throttled = None;
+    for n in 0..10u32 {
+        let first = register(&attacker, target, "1003", 10 + 2 * n, None).await;
+        if first.starts_with("SIP/2.0 503") {
+            throttled = Some(first);
+            break;
+        }
+        let challenge = challenges(&first).remove(0);
+        let reply = register(
+            &attacker,
+            target,
+            "1003",
+            11 + 2 * n,
+            Some(answer(
+                &challenge,
+                "SHA-256",
+                "1003",
+                &format!("guess{n}"),
+                &uri,
+            )),
+        )
+        .await;
+        if reply.starts_with("SIP/2.0 503") {
+            throttled = Some(reply);
+            break;
+        }
+        assert_eq!(status(&reply), "SIP/2.0 403 Forbidden");
+    }
+    let throttled = throttled.expect("repeated failures are throttled");
+    assert!(throttled.contains("Retry-After: "), "{throttled}");
+    let fine = register(&socket, target, "1001", 3, None).await;
+    assert!(fine.starts_with("SIP/2.0 401"), "{fine}");
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}
+
+/// A WAV of a steady tone (8 kHz), after `silence_s` of silence.
+fn tone_wav(path: &Path, hz: f64, seconds: f64, silence_s: f64) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..(seconds * 8000.0) as usize {
+        let t = i as f64 / 8000.0;
+        let sample = if t < silence_s {
+            0.0
+        } else {
+            8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()
+        };
+        writer.write_sample(sample as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+}
+
+/// The largest share of a 200 ms window's energy at `hz` (Goertzel), over the whole recording.
+fn tone_share(samples: &[f64], hz: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    samples
+        .chunks(1600)
+        .filter(|w| w.len() == 1600)
+        .map(|w| {
+            let (mut s1, mut s2) = (0.0, 0.0);
+            for x in w {
+                let s0 = x + k * s1 - s2;
+                s2 = s1;
+                s1 = s0;
+            }
+            let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+            let total: f64 = w.iter().map(|x| x * x).sum::<f64>() * w.len() as f64 / 2.0;
+            if total > 0.0 {
+                power / total
+            } else {
+                0.0
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn heard(dir: &Path) -> Vec<f64> {
+    let dec = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip's recording of what it heard");
+    read_wav(&dec)
+}
+
+/// A caller: keys typed on baresip's console at the given seconds, `mic` as its voice.
+fn call(
+    target: String,
+    seconds: u32,
+    keys: Vec<(f64, &'static str)>,
+    mic: PathBuf,
+    record: PathBuf,
+) -> String {
+    let mut child = Command::new("timeout")
+        .arg((seconds + 15).to_string())
+        .arg(root().join("scripts/baresip-call"))
+        .args([target, seconds.to_string()])
+        .env("BARESIP_SOURCE_WAV", mic)
+        .env("BARESIP_RECORD_DIR", record)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baresip-call runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let typist = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut at = 0.0;
+        for (when, text) in keys {
+            std::thread::sleep(Duration::from_secs_f64(when - at));
+            at = when;
+            let _ = stdin.write_all(text.as_bytes());
+            let _ = stdin.flush();
+        }
+        std::thread::sleep(Duration::from_secs(u64::from(seconds)));
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(typist);
+    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
+}
+
+async fn events(server: &common::TestServer) -> Vec<EventRow> {
+    server.server.flush_events().await;
+    server.server.store.events(None, 10_000).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_reach_agents_with_the_right_skill_and_hear_each_other() {
+    // Debian's baresip 1.0 cannot answer a SHA-256 challenge at all: offer MD5 only here.
+    let server = common::start_with(with_queues(&["MD5"])).await;
+    let registrar = server.udp().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_mic = dir.path().join("agent.wav");
+    tone_wav(&agent_mic, 600.0, 90.0, 0.0);
+    let caller_mic = dir.path().join("caller.wav");
+    tone_wav(&caller_mic, 1000.0, 40.0, 6.0);
+
+    // Ana (1001: Spanish 5, English 4) and Michael (1002: English 5) log in by registering.
+    let mut agents = Vec::new();
+    for (user, password) in [("1001", "civic-1001"), ("1002", "civic-1002")] {
+        let child = Command::new("timeout")
+            .arg("100")
+            .arg(root().join("scripts/baresip-agent"))
+            .args([user, password, &registrar, "90"])
+            .env("BARESIP_SOURCE_WAV", &agent_mic)
+            .env(
+                "BARESIP_RECORD_DIR",
+                dir.path().join(format!("agent-{user}")),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip-agent runs");
+        agents.push(child);
+    }
+    // Both are ready once their REGISTER went through (queue events show it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = events(&server).await;
+        let ready = rows
+            .iter()
+            .filter(|r| {
+                r.event.kind == "queue"
+                    && r.event
+                        .detail
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("\"state\":\"ready\"")
+            })
+            .count();
+        if ready >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents did not register: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A Spanish caller: 2 (Español), 0 (an agent). Then an English caller: 1, 0.
+    let target = format!("sip:311@{}", server.udp());
+    for (language_key, name) in [("2", "es"), ("1", "en")] {
+        let (t, m, r) = (
+            target.clone(),
+            caller_mic.clone(),
+            dir.path().join(format!("caller-{name}")),
+        );
+        let text = tokio::task::spawn_blocking(move || {
+            call(t, 16, vec![(2.0, language_key), (4.0, "0")], m, r)
+        })
+        .await
+        .unwrap();
+        assert!(text.contains("Call established"), "{text}");
+    }
+
+    let rows = events(&server).await;
+    let answered: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| r.event.kind == "queue" && r.event.reason.as_deref() == Some("answered"))
+        .map(|r| serde_json::from_str(r.event.detail.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(answered.len(), 2, "{rows:#?}");
+    assert_eq!(answered[0]["queue"], "general_es");
+    assert_eq!(
+        answered[0]["agent"], "a.garcia",
+        "Spanish goes to the Spanish speaker"
+    );
+    assert_eq!(answered[1]["queue"], "general_en");
+    assert_eq!(answered[1]["agent"], "m.okafor", "most skilled in English");
+    for a in &answered {
+        assert!(a["hold_ms"].as_u64().is_some(), "one hold time each: {a}");
+    }
+
+    // The audio crossed the bridge both ways: the caller's 1 kHz at the agent, the agent's
+    // 600 Hz at the caller (a pure tone scores near 1, speech and silence far lower).
+    let at_agent = heard(&dir.path().join("agent-1001"));
+    assert!(
+        tone_share(&at_agent, 1000.0) > 0.8,
+        "agent hears the caller's tone"
+    );
+    let at_caller = heard(&dir.path().join("caller-es"));
+    assert!(
+        tone_share(&at_caller, 600.0) > 0.8,
+        "caller hears the agent's tone"
+    );
+    let at_michael = heard(&dir.path().join("agent-1002"));
+    assert!(
+        tone_share(&at_michael, 1000.0) > 0.8,
+        "second call bridged too"
+    );
+
+    // The report shows each queue's answered call with its hold time.
+    let report = civicline::runtime::report::queue_report(&server.server.store, None, 0, i64::MAX)
+        .await
+        .unwrap();
+    let table = civicline::routing::metrics::render_table(&report);
+    assert!(
+        table.contains("general_es") && table.contains("general_en"),
+        "{table}"
+    );
+    for queue in &report.queues {
+        assert_eq!(queue.stats.answered, 1, "{table}");
+    }
+    for mut agent in agents {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}
