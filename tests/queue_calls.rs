@@ -419,3 +419,54 @@ async fn callers_reach_agents_with_the_right_skill_and_hear_each_other() {
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let queues = dir.path().join("queues.toml");
+    let original = std::fs::read_to_string(root().join("routing-rules/queues.toml")).unwrap();
+    std::fs::write(&queues, &original).unwrap();
+    let path = queues.clone();
+    let server = common::start_with(move |c| {
+        with_queues(&["MD5"])(c);
+        c.routing.queues = path;
+    })
+    .await;
+    server.server.reload_routing().await.expect("the same rules reload");
+
+    // An unknown skill: refused with file, line and reason.
+    let broken = original.replacen("requires = { spanish = 3 }", "requires = { klingon = 3 }", 1);
+    assert_ne!(broken, original);
+    std::fs::write(&queues, &broken).unwrap();
+    let line = broken[..broken.find("klingon").unwrap()].matches('\n').count() + 1;
+    let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
+    assert!(
+        error.contains(&format!("queues.toml:{line}:")) && error.contains("klingon"),
+        "{error}"
+    );
+    // An overflow cycle too: streets -> sanitation -> streets.
+    let cycle: String = original
+        .lines()
+        .scan(None::<String>, |queue, line| {
+            if let Some(id) = line.strip_prefix("id = ") {
+                *queue = Some(id.trim_matches('"').to_string());
+            }
+            let line = match (queue.as_deref(), line.starts_with("overflow = ")) {
+                (Some("streets"), true) => "overflow = { after_s = 600, to = \"sanitation\" }",
+                (Some("sanitation"), true) => "overflow = { after_s = 600, to = \"streets\" }",
+                _ => line,
+            };
+            Some(format!("{line}\n"))
+        })
+        .collect();
+    assert!(cycle.contains("to = \"sanitation\""));
+    std::fs::write(&queues, &cycle).unwrap();
+    let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
+    assert!(error.contains("queues.toml:") && error.contains("cycle"), "{error}");
+
+    // The server still answers and a good file loads again.
+    std::fs::write(&queues, &original).unwrap();
+    server.server.reload_routing().await.expect("good rules reload");
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}

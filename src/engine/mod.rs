@@ -93,6 +93,8 @@ pub enum Input {
     Media { call_ref: String, event: MediaEvent },
     /// The store's answer to `Output::CreateCase` or `Output::LookupCase`.
     Case { call_ref: String, event: CaseEvent },
+    /// New queue rules, already loaded and checked: callers keep their place.
+    ReloadRouting(Box<crate::routing::rules::Rules>),
     /// The transcription stage's verdict on a recording (`Output::Utterance`). `detail` is a
     /// JSON object for the event log (category, confidence, timings; never the words).
     Transcript {
@@ -422,6 +424,7 @@ impl Engine {
             Input::Shutdown => self.shutdown(now),
             Input::Media { call_ref, event } => self.handle_media(now, &call_ref, event),
             Input::Case { call_ref, event } => self.handle_case(now, &call_ref, event),
+            Input::ReloadRouting(rules) => self.reload_routing(now, *rules),
             Input::Transcript {
                 call_ref,
                 audio_path,

@@ -178,6 +178,16 @@ impl Engine {
             .handle_input(ms, RouterInput::AgentLogout { agent: agent.id });
     }
 
+    /// New rules from a reload: the router re-places waiting callers (they keep their join
+    /// time); calls with agents go on untouched.
+    pub(super) fn reload_routing(&mut self, now: Instant, rules: Rules) {
+        if let Some(q) = self.queueing.as_deref_mut() {
+            let ms = q.ms(now);
+            q.router.replace_rules(ms, rules);
+        }
+        self.drain_router(now);
+    }
+
     /// REGISTER from an agent's phone: digest authentication, then the registrar.
     pub(super) fn handle_register(
         &mut self,

@@ -101,12 +101,30 @@ pub struct Server {
     log: EventLog,
     shutdown: watch::Sender<bool>,
     engine_task: JoinHandle<anyhow::Result<()>>,
+    /// Where queue reloads go (the engine's inbound channel) and what they read.
+    reload: Option<(mpsc::Sender<Input>, std::path::PathBuf)>,
 }
 
 impl Server {
     /// Asks the server to stop: calls in progress get BYE, then the log is flushed.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Reloads routing-rules/queues.toml (SIGHUP does this too). A file that does not load is
+    /// refused with its file, line and reason, and the rules already running stay in force;
+    /// a good one replaces them without dropping a call.
+    pub async fn reload_routing(&self) -> anyhow::Result<()> {
+        let Some((engine, path)) = &self.reload else {
+            anyhow::bail!("no queues configured");
+        };
+        let rules = crate::routing::rules::Rules::load(path)?;
+        engine
+            .send(Input::ReloadRouting(Box::new(rules)))
+            .await
+            .context("the engine has stopped")?;
+        tracing::info!(path = %path.display(), "queue rules reloaded");
+        Ok(())
     }
 
     /// Waits until every event recorded so far is committed to the store.
@@ -230,6 +248,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let grace = Duration::from_millis(config.sip.shutdown_grace_ms);
     let server_log = log.clone();
+    let reload = (!config.routing.queues.as_os_str().is_empty())
+        .then(|| (inbound_tx.clone(), config.routing.queues.clone()));
     let cases = CaseStore {
         store: store.clone(),
         answers: inbound_tx,
@@ -269,6 +289,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         log: server_log,
         shutdown: shutdown_tx,
         engine_task,
+        reload,
     })
 }
 
@@ -353,7 +374,23 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let server = start(config).await?;
-    shutdown.await;
+    #[cfg(unix)]
+    let shutdown = async {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return anyhow::Ok(()),
+                _ = hangup.recv() => {
+                    if let Err(error) = server.reload_routing().await {
+                        tracing::error!("queue rules not reloaded, the running ones stay: {error:#}");
+                    }
+                }
+            }
+        }
+    };
+    shutdown.await?;
     tracing::info!("shutting down: hanging up calls and flushing the event log");
     server.shutdown();
     server.wait().await
