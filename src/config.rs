@@ -54,6 +54,9 @@ pub struct RoutingConfig {
     pub digest_algorithms: Vec<String>,
     /// Prompts looped to callers while they wait.
     pub hold_prompts: Vec<String>,
+    /// Position and estimated wait are announced on joining and then every this many seconds
+    /// (0: never).
+    pub announce_every_s: u64,
 }
 
 impl Default for RoutingConfig {
@@ -65,6 +68,7 @@ impl Default for RoutingConfig {
             ready_on_register: true,
             digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
             hold_prompts: vec!["hold_music".into(), "please_hold".into()],
+            announce_every_s: 60,
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum EventKind {
     /// A routing-core queue event (`reason`: joined, offered, answered, abandoned, ...;
     /// `detail`: the event as JSON; `duration`: the hold time where there is one).
     Queue,
+    /// A queued caller was told their position and wait (`detail`: position, estimate_s,
+    /// announced_s), logged so announced and realised waits can be compared.
+    Announced,
 }
 
 impl EventKind {
@@ -57,6 +60,7 @@ impl EventKind {
             EventKind::CaseCreated => "case_created",
             EventKind::Transcript => "transcript",
             EventKind::Queue => "queue",
+            EventKind::Announced => "announced",
         }
     }
 
@@ -77,6 +81,7 @@ impl EventKind {
             EventKind::CaseCreated,
             EventKind::Transcript,
             EventKind::Queue,
+            EventKind::Announced,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -119,8 +119,18 @@ const HEAD: &str = "Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK";
 /// A caller on the bundled flow: INVITE (PCMU + telephone-event), 200, ACK. Returns the world
 /// and the dialog's From/To/Call-ID lines for further requests.
 fn answered_call(t0: Instant, seed: u64, call_id: &str) -> (World, String) {
+    answered_call_with(t0, seed, call_id, None)
+}
+
+fn answered_call_with(
+    t0: Instant,
+    seed: u64,
+    call_id: &str,
+    routing: Option<Arc<civicline::engine::RoutingSetup>>,
+) -> (World, String) {
     let config = EngineConfig {
         flow: Some(flow()),
+        routing,
         ..EngineConfig::default()
     };
     let mut w = World {
@@ -513,4 +523,71 @@ fn case_status_by_phone() {
             "goodbye"
         ]
     );
+}
+
+/// Queues on, nobody logged in: the caller who asks for an agent joins `general_en`, hears
+/// their position and the (default) wait on joining and again every minute on the fake clock,
+/// each announcement logged with its figures, hold music in between.
+#[test]
+fn a_waiting_caller_hears_position_and_wait_on_joining_and_every_minute() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules =
+        civicline::routing::rules::Rules::load(&root.join("routing-rules/queues.toml")).unwrap();
+    let agents =
+        civicline::routing::rules::load_agents(&root.join("routing-rules/agents.toml"), &rules)
+            .unwrap();
+    let setup = civicline::engine::RoutingSetup {
+        rules,
+        agents,
+        digest: Default::default(),
+        ready_on_register: true,
+        hold_prompts: vec!["hold_music".into(), "please_hold".into()],
+        announce_every: Duration::from_secs(60),
+    };
+    let t0 = Instant::now();
+    let (mut w, _) = answered_call_with(t0, 8, "ivr-queue", Some(Arc::new(setup)));
+    w.prompt_done(t0);
+    w.media(t0, MediaEvent::Digit('1')); // English
+    w.media(t0, MediaEvent::Digit('0')); // an agent
+    let joined = w.played.last().unwrap().1.join("+");
+    assert_eq!(
+        joined,
+        "transferring+your_position_is+digit_1+estimated_wait+about+digit_3+minutes+hold_music+please_hold",
+        "position 1, the stated default of 3 minutes with no history"
+    );
+    // The hold music loops; a minute later the next announcement, counted down and smoothed.
+    let mut now = t0;
+    loop {
+        w.prompt_done(now);
+        now = w
+            .engine
+            .poll_timeout()
+            .unwrap()
+            .max(now + Duration::from_secs(1));
+        if now > t0 + Duration::from_secs(130) {
+            break;
+        }
+        w.engine.handle_timeout(now);
+        w.drain();
+    }
+    let announcements = w
+        .played
+        .iter()
+        .filter(|(_, p)| p.first().map(String::as_str) == Some("your_position_is"))
+        .count();
+    assert_eq!(
+        announcements, 2,
+        "at 1 min and at 2 min, after the one on joining"
+    );
+    let logged: Vec<serde_json::Value> = w
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Announced)
+        .map(|e| serde_json::from_str(e.detail.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(logged.len(), 3);
+    // 180 s promised, a minute passes, the estimate is still 180: (120 + 180) / 2 = 150.
+    assert_eq!(logged[0]["announced_s"], 180);
+    assert_eq!(logged[1]["announced_s"], 150);
+    assert!(logged.iter().all(|l| l["position"] == 1));
 }

@@ -432,13 +432,24 @@ async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay
         c.routing.queues = path;
     })
     .await;
-    server.server.reload_routing().await.expect("the same rules reload");
+    server
+        .server
+        .reload_routing()
+        .await
+        .expect("the same rules reload");
 
     // An unknown skill: refused with file, line and reason.
-    let broken = original.replacen("requires = { spanish = 3 }", "requires = { klingon = 3 }", 1);
+    let broken = original.replacen(
+        "requires = { spanish = 3 }",
+        "requires = { klingon = 3 }",
+        1,
+    );
     assert_ne!(broken, original);
     std::fs::write(&queues, &broken).unwrap();
-    let line = broken[..broken.find("klingon").unwrap()].matches('\n').count() + 1;
+    let line = broken[..broken.find("klingon").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
     let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
     assert!(
         error.contains(&format!("queues.toml:{line}:")) && error.contains("klingon"),
@@ -462,11 +473,18 @@ async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay
     assert!(cycle.contains("to = \"sanitation\""));
     std::fs::write(&queues, &cycle).unwrap();
     let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
-    assert!(error.contains("queues.toml:") && error.contains("cycle"), "{error}");
+    assert!(
+        error.contains("queues.toml:") && error.contains("cycle"),
+        "{error}"
+    );
 
     // The server still answers and a good file loads again.
     std::fs::write(&queues, &original).unwrap();
-    server.server.reload_routing().await.expect("good rules reload");
+    server
+        .server
+        .reload_routing()
+        .await
+        .expect("good rules reload");
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }

@@ -35,6 +35,8 @@ pub struct RoutingSetup {
     pub ready_on_register: bool,
     /// Played in a loop to callers while they wait.
     pub hold_prompts: Vec<String>,
+    /// Position and wait are announced on joining and then this often; zero turns it off.
+    pub announce_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,77 @@ pub struct Queueing {
     leg_by_media: HashMap<String, u64>,
     /// Callers in a queue (waiting or ringing an agent), by call number.
     queued: HashMap<u64, QueuedCaller>,
+    /// What the wait estimator learns from the router's events.
+    estimator: WaitEstimate,
+}
+
+/// The wait estimate announced to callers: (position + 1) x recent handle time / agents on
+/// duty, the Asterisk-style figure; with no history yet the stated default of 3 minutes per
+/// place. (The issue "Honest wait estimates" replaces this with the measured estimators.)
+#[derive(Debug, Default)]
+struct WaitEstimate {
+    /// Recent handle times (talk, plus wrap-up where known), seconds, newest last.
+    handle_s: std::collections::VecDeque<f64>,
+}
+
+const DEFAULT_HANDLE_S: f64 = 180.0;
+const HANDLE_HISTORY: usize = 50;
+
+impl WaitEstimate {
+    fn observe(&mut self, event: &crate::routing::core::QueueEvent) {
+        use crate::routing::core::QueueEventKind;
+        let seconds = match event.kind {
+            QueueEventKind::Ended => event.talk_ms,
+            QueueEventKind::WrapupDone => event.wrapup_ms,
+            _ => None,
+        };
+        if let (Some(ms), QueueEventKind::Ended) = (seconds, event.kind) {
+            self.handle_s.push_back(ms as f64 / 1000.0);
+            if self.handle_s.len() > HANDLE_HISTORY {
+                self.handle_s.pop_front();
+            }
+        } else if let (Some(ms), Some(last)) = (seconds, self.handle_s.back_mut()) {
+            *last += ms as f64 / 1000.0;
+        }
+    }
+
+    fn estimate_s(&self, position: usize, agents_on_duty: usize) -> f64 {
+        let handle = if self.handle_s.is_empty() {
+            DEFAULT_HANDLE_S
+        } else {
+            self.handle_s.iter().sum::<f64>() / self.handle_s.len() as f64
+        };
+        (position as f64 + 1.0) * handle / agents_on_duty.max(1) as f64
+    }
+}
+
+/// What a caller is told: smoothed against the last announcement so it never jumps about, and
+/// never below what is plausible for a caller who has already waited longer than promised
+/// (counting down to zero and past it is the bug to avoid: "less than a minute" then).
+pub fn smoothed_announcement(previous: Option<(f64, f64)>, estimate_s: f64) -> f64 {
+    let estimate_s = estimate_s.max(0.0);
+    match previous {
+        // (announced, seconds since): what we promised, counted down, weighs as much as the
+        // new figure.
+        Some((announced, since)) => 0.5 * (announced - since).max(0.0) + 0.5 * estimate_s,
+        None => estimate_s,
+    }
+}
+
+/// Prompts for "you are caller number N; your estimated wait is about M minutes".
+pub fn announcement_prompts(position: usize, wait_s: f64, language: &str) -> Vec<String> {
+    let mut prompts = vec!["your_position_is".to_string()];
+    prompts.extend(crate::numbers::say_number(position as u32 + 1, language));
+    prompts.push("estimated_wait".into());
+    let minutes = (wait_s / 60.0).round() as u32;
+    if minutes == 0 {
+        prompts.push("less_than_a_minute".into());
+    } else {
+        prompts.push("about".into());
+        prompts.extend(crate::numbers::say_number(minutes, language));
+        prompts.push("minutes".into());
+    }
+    prompts
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +171,10 @@ struct QueuedCaller {
     /// The leg that is bridged to this caller, if any.
     bridged: Option<u64>,
     category: Option<String>,
+    /// The next position-and-wait announcement.
+    next_announce: Option<Instant>,
+    /// The last figure announced and when.
+    announced: Option<(f64, Instant)>,
 }
 
 impl Queueing {
@@ -121,6 +198,7 @@ impl Queueing {
             leg_by_dialog: HashMap::new(),
             leg_by_media: HashMap::new(),
             queued: HashMap::new(),
+            estimator: WaitEstimate::default(),
             setup,
         }
     }
@@ -132,11 +210,13 @@ impl Queueing {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let epoch = self.epoch?;
+        let announce = self.queued.values().filter_map(|w| w.next_announce).min();
         [self.router.poll_timeout(), self.registrar.poll_timeout()]
             .into_iter()
             .flatten()
-            .min()
             .map(|ms| epoch + Duration::from_millis(ms))
+            .chain(announce)
+            .min()
     }
 
     /// Read access for the HTTP API and tests.
@@ -157,6 +237,72 @@ impl Engine {
             self.agent_offline(now, &user);
         }
         self.drain_router(now);
+        let due: Vec<u64> = self
+            .queueing
+            .as_deref()
+            .map(|q| {
+                q.queued
+                    .iter()
+                    .filter(|(_, w)| w.next_announce.is_some_and(|at| at <= now))
+                    .map(|(&n, _)| n)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for number in due {
+            if let Some(prompts) = self.announcement(now, number) {
+                let hold = self
+                    .queueing
+                    .as_deref()
+                    .map(|q| q.setup.hold_prompts.clone())
+                    .unwrap_or_default();
+                let language = self.language_of(number);
+                self.play(now, number, [prompts, hold].concat(), language);
+            }
+        }
+    }
+
+    fn language_of(&self, number: u64) -> String {
+        self.calls
+            .get(&number)
+            .and_then(|c| c.ivr.as_ref())
+            .map(|i| i.language.clone())
+            .unwrap_or_else(|| "en".into())
+    }
+
+    /// The caller's position and wait, as prompts, logged with the figures behind them; `None`
+    /// when they are no longer waiting (an agent rings or talks). Schedules the next one.
+    fn announcement(&mut self, now: Instant, number: u64) -> Option<Vec<String>> {
+        let call_ref = self.calls.get(&number)?.call_ref.clone();
+        let language = self.language_of(number);
+        let q = self.queueing.as_deref_mut()?;
+        let every = q.setup.announce_every;
+        let waiting = q.queued.get_mut(&number)?;
+        waiting.next_announce = (!every.is_zero()).then_some(now + every);
+        if waiting.bridged.is_some() {
+            return None;
+        }
+        let position = q.router.position(&CallId(call_ref))?;
+        let on_duty = q
+            .router
+            .agents()
+            .filter(|(_, s)| !matches!(s, crate::routing::core::AgentState::Offline))
+            .count();
+        let estimate = q.estimator.estimate_s(position, on_duty);
+        let waiting = q.queued.get_mut(&number)?;
+        let previous = waiting
+            .announced
+            .map(|(s, at)| (s, now.saturating_duration_since(at).as_secs_f64()));
+        let announced = smoothed_announcement(previous, estimate);
+        waiting.announced = Some((announced, now));
+        let mut event = self.record_for(number, now, EventKind::Announced);
+        event.detail = Some(format!(
+            "{{\"position\":{},\"estimate_s\":{:.0},\"announced_s\":{:.0},\"agents_on_duty\":{on_duty}}}",
+            position + 1,
+            estimate,
+            announced
+        ));
+        self.emit(event);
+        Some(announcement_prompts(position, announced, &language))
     }
 
     fn agent_of_user(&self, user: &str) -> Option<AgentProfile> {
@@ -364,8 +510,8 @@ impl Engine {
         q.queued.insert(
             number,
             QueuedCaller {
-                bridged: None,
                 category,
+                ..QueuedCaller::default()
             },
         );
         let hold = q.setup.hold_prompts.clone();
@@ -393,9 +539,27 @@ impl Engine {
             None => format!("{{\"queue\":{}}}", json_string(&queue_id.0)),
         });
         self.emit(event);
+        if let Some(w) = self
+            .queueing
+            .as_deref_mut()
+            .and_then(|q| q.queued.get_mut(&number))
+        {
+            w.next_announce = Some(now);
+        }
+        self.drain_router(now);
+        // Still waiting after the router's first decision: say where they stand.
+        let still_waiting = self
+            .queueing
+            .as_deref()
+            .and_then(|q| q.queued.get(&number))
+            .is_some_and(|w| w.bridged.is_none());
+        if still_waiting {
+            if let Some(announcement) = self.announcement(now, number) {
+                prompts.extend(announcement);
+            }
+        }
         prompts.extend(hold);
         self.play(now, number, prompts, language);
-        self.drain_router(now);
         true
     }
 
@@ -464,6 +628,9 @@ impl Engine {
             };
             match output {
                 RouterOutput::Record(event) => {
+                    if let Some(q) = self.queueing.as_deref_mut() {
+                        q.estimator.observe(&event);
+                    }
                     let call_ref = event
                         .call
                         .as_ref()

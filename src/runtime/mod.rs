@@ -365,6 +365,7 @@ fn load_routing(config: &Config) -> anyhow::Result<Option<Arc<crate::engine::Rou
         },
         ready_on_register: routing.ready_on_register,
         hold_prompts: routing.hold_prompts.clone(),
+        announce_every: Duration::from_secs(routing.announce_every_s),
     })))
 }
 
