@@ -202,6 +202,9 @@ enum Ev {
 
 struct Sim {
     seed: u64,
+    /// Metrics are recomputed from the whole log and compared with the live counters every
+    /// this many steps (1 in `metrics_match_the_log_after_every_step`).
+    metrics_every: u64,
     now: u64,
     rng: SmallRng,
     router: Router,
@@ -272,6 +275,7 @@ impl Sim {
             arrivals_left: calls,
             log: Vec::new(),
             steps: 0,
+            metrics_every: 400,
             refused_joins: 0,
         };
         for a in 0..sim.agents.len() {
@@ -318,7 +322,7 @@ impl Sim {
             }
             self.outputs();
             self.check_step();
-            if self.steps % 400 == 0 {
+            if self.steps % self.metrics_every == 0 {
                 self.check_metrics();
             }
         }
@@ -1133,4 +1137,16 @@ fn seeded_simulation() {
         "simulated {} calls ({} answered, {} abandoned) in {} steps",
         totals.0, totals.1, totals.2, totals.3
     );
+}
+
+/// The same world, smaller, with the metrics recomputed from the log after every single step
+/// (the big run above does it every 400 steps to stay fast).
+#[test]
+fn metrics_match_the_log_after_every_step() {
+    for seed in 100..103 {
+        let mut sim = Sim::new(seed, 150);
+        sim.metrics_every = 1;
+        sim.run();
+        ensure!(sim, sim.steps > 500, "only {} steps", sim.steps);
+    }
 }
