@@ -488,3 +488,85 @@ async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }
+
+async fn http_post(server: &common::TestServer, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::net::TcpStream::connect(server.server.http)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    (status, response)
+}
+
+#[tokio::test]
+async fn agents_go_not_ready_and_ready_through_the_http_api() {
+    let server = common::start_with(with_queues(&["SHA-256", "MD5"])).await;
+    let target = server.server.sip_udp[0];
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let first = register(&socket, target, "1002", 1, None).await;
+    let auth = answer(
+        &challenges(&first)[0],
+        "SHA-256",
+        "1002",
+        "civic-1002",
+        &format!("sip:{target}"),
+    );
+    assert!(register(&socket, target, "1002", 2, Some(auth))
+        .await
+        .starts_with("SIP/2.0 200"));
+
+    let path = "/api/v1/agents/m.okafor/state";
+    let (status, _) = http_post(&server, path, r#"{"state":"not_ready","reason":"lunch"}"#).await;
+    assert_eq!(status, 202);
+    let (status, _) = http_post(&server, path, r#"{"state":"ready"}"#).await;
+    assert_eq!(status, 202);
+    let (status, _) = http_post(
+        &server,
+        "/api/v1/agents/nobody/state",
+        r#"{"state":"ready"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = http_post(&server, path, r#"{"state":"asleep"}"#).await;
+    assert_eq!(status, 400);
+    let (status, _) = http_post(&server, path, "not json").await;
+    assert_eq!(status, 400);
+
+    // 202 means handed to the engine: wait (bounded) until the engine has logged both changes.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let states = loop {
+        let states: Vec<String> = events(&server)
+            .await
+            .into_iter()
+            .filter(|r| r.event.kind == "queue" && r.event.call_ref == "agent:m.okafor")
+            .map(|r| {
+                let detail: serde_json::Value =
+                    serde_json::from_str(r.event.detail.as_deref().unwrap()).unwrap();
+                detail["state"].to_string()
+            })
+            .collect();
+        if states.len() >= 4 || tokio::time::Instant::now() > deadline {
+            break states;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        states,
+        [
+            r#"{"not_ready":"login"}"#,
+            r#""ready""#,
+            r#"{"not_ready":"lunch"}"#,
+            r#""ready""#
+        ],
+        "login, ready on register, then the two API calls"
+    );
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}

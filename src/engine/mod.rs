@@ -95,6 +95,12 @@ pub enum Input {
     Case { call_ref: String, event: CaseEvent },
     /// New queue rules, already loaded and checked: callers keep their place.
     ReloadRouting(Box<crate::routing::rules::Rules>),
+    /// An agent's state set from outside (the HTTP API): ready, not ready with a reason.
+    AgentState {
+        agent: String,
+        ready: bool,
+        reason: String,
+    },
     /// The transcription stage's verdict on a recording (`Output::Utterance`). `detail` is a
     /// JSON object for the event log (category, confidence, timings; never the words).
     Transcript {
@@ -425,6 +431,11 @@ impl Engine {
             Input::Media { call_ref, event } => self.handle_media(now, &call_ref, event),
             Input::Case { call_ref, event } => self.handle_case(now, &call_ref, event),
             Input::ReloadRouting(rules) => self.reload_routing(now, *rules),
+            Input::AgentState {
+                agent,
+                ready,
+                reason,
+            } => self.set_agent_state(now, agent, ready, reason),
             Input::Transcript {
                 call_ref,
                 audio_path,

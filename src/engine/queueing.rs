@@ -334,6 +334,30 @@ impl Engine {
         self.drain_router(now);
     }
 
+    /// Ready / not ready from the HTTP API. An agent whose phone is not registered stays
+    /// offline (the router refuses, and nothing changes).
+    pub(super) fn set_agent_state(
+        &mut self,
+        now: Instant,
+        agent: String,
+        ready: bool,
+        reason: String,
+    ) {
+        if let Some(q) = self.queueing.as_deref_mut() {
+            let ms = q.ms(now);
+            let agent = AgentId(agent);
+            let input = if ready {
+                RouterInput::AgentReady { agent }
+            } else {
+                RouterInput::AgentNotReady { agent, reason }
+            };
+            if let Err(error) = q.router.handle_input(ms, input) {
+                tracing::info!(%error, "agent state change refused");
+            }
+        }
+        self.drain_router(now);
+    }
+
     /// REGISTER from an agent's phone: digest authentication, then the registrar.
     pub(super) fn handle_register(
         &mut self,

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use super::HealthState;
 pub fn router(state: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/agents/{id}/state", post(set_agent_state))
         .with_state(state)
 }
 
@@ -32,6 +33,61 @@ pub async fn serve(
         .await;
     if let Err(error) = result {
         tracing::error!(%error, "HTTP server failed");
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentStateBody {
+    /// "ready" or "not_ready".
+    state: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/agents/{id}/state` with `{"state": "ready"}` or
+/// `{"state": "not_ready", "reason": "lunch"}`: 202 when handed to the engine (the change shows
+/// as an `agent_state` queue event), 404 for an unknown agent, 400 for anything else.
+async fn set_agent_state(
+    State(state): State<HealthState>,
+    Path(id): Path<String>,
+    body: Result<Json<AgentStateBody>, axum::extract::rejection::JsonRejection>,
+) -> impl IntoResponse {
+    let Ok(Json(body)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"error": "expected {\"state\": \"ready\" | \"not_ready\", \"reason\": \"...\"}"}),
+            ),
+        );
+    };
+    if !state.agent_ids.iter().any(|a| *a == id) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such agent"})),
+        );
+    }
+    let ready = match body.state.as_str() {
+        "ready" => true,
+        "not_ready" => false,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "state is ready or not_ready"})),
+            )
+        }
+    };
+    let input = crate::engine::Input::AgentState {
+        agent: id,
+        ready,
+        reason: body.reason.unwrap_or_else(|| "manual".into()),
+    };
+    match state.engine_inbound.send(input).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"accepted": true}))),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "shutting down"})),
+        ),
     }
 }
 

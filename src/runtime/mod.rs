@@ -89,6 +89,10 @@ pub struct HealthState {
     pub media: Arc<media::MediaStats>,
     pub store_backend: &'static str,
     pub speech: speech::SpeechHealth,
+    /// The engine's inbound channel, for commands from the HTTP API.
+    pub engine_inbound: mpsc::Sender<Input>,
+    /// Agent ids known from agents.toml (the API answers 404 for others).
+    pub agent_ids: Arc<Vec<String>>,
 }
 
 /// A running server. Addresses are the real bound ones (port 0 in the config picks free ports).
@@ -222,6 +226,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mut engine_config = config.engine_config(instance);
     engine_config.flow = flow;
     engine_config.routing = load_routing(&config)?;
+    let agent_ids = Arc::new(
+        engine_config
+            .routing
+            .iter()
+            .flat_map(|r| r.agents.iter().map(|a| a.id.0.clone()))
+            .collect::<Vec<_>>(),
+    );
     let engine = Engine::new(
         engine_config,
         PortPool::new(rtp_ports.iter().copied()),
@@ -235,6 +246,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         media: media.stats.clone(),
         store_backend: store.backend(),
         speech: speech.health(),
+        engine_inbound: inbound_tx.clone(),
+        agent_ids,
     };
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
