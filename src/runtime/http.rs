@@ -61,7 +61,7 @@ async fn set_agent_state(
             ),
         );
     };
-    if !state.agent_ids.iter().any(|a| *a == id) {
+    if !state.agent_ids.contains(&id) {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "no such agent"})),
