@@ -25,6 +25,7 @@
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod ewt;
 pub mod ivr;
 pub mod media;
 pub mod numbers;

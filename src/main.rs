@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// Benchmarks that need no server.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Print the HA1 lines for an agent in routing-rules/agents.toml (the password is not kept).
     AgentHa1 {
         user: String,
@@ -70,6 +75,20 @@ enum Command {
         /// How many events.
         #[arg(long, default_value_t = 50)]
         last: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Wait-time estimators on a seeded simulation of a 311 center: RASE, MAE, bias and hit
+    /// rate per scenario and estimator, with paired confidence intervals.
+    Ewt {
+        /// Fewer replications and shorter windows (a smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Also run civicline's estimator without the staffing schedule.
+        #[arg(long)]
+        ablation: bool,
     },
 }
 
@@ -162,6 +181,12 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(civicline::runtime::run(cfg, shutdown_signal()))
         }
         Command::Model { command } => model_command(command),
+        Command::Bench {
+            command: BenchCommand::Ewt { quick, ablation },
+        } => {
+            print!("{}", civicline::ewt::sim::run_bench_with(quick, ablation));
+            Ok(())
+        }
         Command::AgentHa1 {
             user,
             password,
