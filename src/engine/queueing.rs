@@ -97,43 +97,182 @@ pub struct Queueing {
     estimator: WaitEstimate,
 }
 
-/// The wait estimate announced to callers: (position + 1) x recent handle time / agents on
-/// duty, the Asterisk-style figure; with no history yet the stated default of 3 minutes per
-/// place. (The issue "Honest wait estimates" replaces this with the measured estimators.)
-#[derive(Debug, Default)]
+/// The wait announced to callers: civicline's estimator (`ewt::estimators::Civicline`, which
+/// runs the current queues forward from what the router shows; see BENCHMARKS.md for how it
+/// compares with LES, HOL, Asterisk's average and QL-m), fed the router's queue events. With no
+/// basis yet it falls back to the stated default of `FALLBACK_WAIT_S`.
 struct WaitEstimate {
-    /// Recent handle times (talk, plus wrap-up where known), seconds, newest last.
-    handle_s: std::collections::VecDeque<f64>,
+    civic: crate::ewt::estimators::Civicline,
+    fallback: crate::ewt::estimators::Fallback,
+    /// Call reference -> the estimator's numeric key (never reused).
+    keys: HashMap<String, u64>,
+    next_key: u64,
+    /// Agents with a call in hand: since when (s) and from which queue.
+    busy: HashMap<AgentId, (f64, u16)>,
 }
 
-const DEFAULT_HANDLE_S: f64 = 180.0;
-const HANDLE_HISTORY: usize = 50;
+const FALLBACK_WAIT_S: f64 = 180.0;
 
 impl WaitEstimate {
-    fn observe(&mut self, event: &crate::routing::core::QueueEvent) {
-        use crate::routing::core::QueueEventKind;
-        let seconds = match event.kind {
-            QueueEventKind::Ended => event.talk_ms,
-            QueueEventKind::WrapupDone => event.wrapup_ms,
-            _ => None,
-        };
-        if let (Some(ms), QueueEventKind::Ended) = (seconds, event.kind) {
-            self.handle_s.push_back(ms as f64 / 1000.0);
-            if self.handle_s.len() > HANDLE_HISTORY {
-                self.handle_s.pop_front();
-            }
-        } else if let (Some(ms), Some(last)) = (seconds, self.handle_s.back_mut()) {
-            *last += ms as f64 / 1000.0;
+    fn new() -> WaitEstimate {
+        WaitEstimate {
+            civic: crate::ewt::estimators::Civicline::new(Default::default()),
+            fallback: crate::ewt::estimators::Fallback {
+                per_queue: Default::default(),
+                default_s: FALLBACK_WAIT_S,
+            },
+            keys: HashMap::new(),
+            next_key: 1,
+            busy: HashMap::new(),
         }
     }
 
-    fn estimate_s(&self, position: usize, agents_on_duty: usize) -> f64 {
-        let handle = if self.handle_s.is_empty() {
-            DEFAULT_HANDLE_S
-        } else {
-            self.handle_s.iter().sum::<f64>() / self.handle_s.len() as f64
+    fn key(&mut self, call: &str) -> u64 {
+        let next = self.next_key;
+        let key = *self.keys.entry(call.to_string()).or_insert(next);
+        if key == next {
+            self.next_key += 1;
+        }
+        key
+    }
+
+    /// Turns one router event into what the estimator learns from.
+    fn observe(&mut self, rules: &Rules, event: &crate::routing::core::QueueEvent) {
+        use crate::ewt::estimators::Observation;
+        use crate::routing::core::QueueEventKind as K;
+        let at = event.at_ms as f64 / 1000.0;
+        let queue = event
+            .queue
+            .as_ref()
+            .and_then(|q| rules.queue_index(q))
+            .map(|i| i as u16);
+        let (Some(queue), Some(call)) = (queue, event.call.as_ref()) else {
+            return;
         };
-        (position as f64 + 1.0) * handle / agents_on_duty.max(1) as f64
+        let call = self.key(&call.0);
+        let waited = event.hold_ms.unwrap_or(0) as f64 / 1000.0;
+        let observation = match event.kind {
+            K::Joined => Observation::Joined { at, call, queue },
+            K::Answered => {
+                if let Some(agent) = &event.agent {
+                    self.busy.insert(agent.clone(), (at, queue));
+                }
+                Observation::Answered {
+                    at,
+                    call,
+                    queue,
+                    waited,
+                }
+            }
+            K::Abandoned => Observation::Abandoned {
+                at,
+                call,
+                queue,
+                waited,
+            },
+            K::Overflowed | K::Exited | K::MaxWait | K::NoAgents | K::Removed => {
+                Observation::Exited {
+                    at,
+                    call,
+                    queue,
+                    waited,
+                }
+            }
+            K::Ended => {
+                // Handle time = talk plus the queue's wrap-up, the time the agent is taken.
+                let wrapup = rules.queues().get(queue as usize).map_or(0, |q| q.wrapup_s) as f64;
+                if let Some(agent) = &event.agent {
+                    self.busy.remove(agent);
+                }
+                Observation::Completed {
+                    at,
+                    call,
+                    queue,
+                    handle: event.talk_ms.unwrap_or(0) as f64 / 1000.0 + wrapup,
+                }
+            }
+            _ => return,
+        };
+        use crate::ewt::estimators::WaitEstimator;
+        self.civic.observe(&observation);
+        // The key is needed until the call's last event; then it goes, so the map stays small.
+        if matches!(
+            event.kind,
+            K::Ended | K::Abandoned | K::Exited | K::MaxWait | K::NoAgents | K::Removed
+        ) {
+            if let Some(call) = &event.call {
+                self.keys.remove(&call.0);
+            }
+        }
+    }
+
+    /// The caller's remaining wait, from the router's current state.
+    fn estimate_s(
+        &self,
+        router: &Router,
+        agents: &[AgentProfile],
+        call: &str,
+        now_ms: u64,
+    ) -> Option<f64> {
+        use crate::ewt::estimators::{
+            estimate_or_fallback, AgentActivity, AgentView, CallerRef, QueueSet, Snapshot,
+            WaitingCaller,
+        };
+        use crate::routing::core::AgentState;
+        let rules = router.rules();
+        let now = now_ms as f64 / 1000.0;
+        let mut waiting = Vec::new();
+        for (index, queue) in rules.queues().iter().enumerate() {
+            for w in router.waiting(&queue.id) {
+                waiting.push(WaitingCaller {
+                    call: *self.keys.get(&w.call.0)?,
+                    queue: index as u16,
+                    joined_at: w.joined_ms as f64 / 1000.0,
+                    priority: queue
+                        .priority
+                        .saturating_mul(1000)
+                        .saturating_add(w.priority),
+                });
+            }
+        }
+        let mut views = Vec::new();
+        for (id, state) in router.agents() {
+            let Some(profile) = agents.iter().find(|a| &a.id == id) else {
+                continue;
+            };
+            let mut skills = QueueSet::default();
+            for (index, queue) in rules.queues().iter().enumerate() {
+                if queue.levels().iter().any(|l| l.accepts(&profile.skills)) {
+                    skills.insert(index as u16);
+                }
+            }
+            let activity = match state {
+                AgentState::Offline => continue,
+                AgentState::Ready => AgentActivity::Idle { since: now },
+                AgentState::NotReady(_) => AgentActivity::NotReady,
+                _ => match self.busy.get(id) {
+                    Some(&(since, queue)) => AgentActivity::Busy { since, queue },
+                    // Reserved or ringing: about to take a call, treat it as just taken.
+                    None => AgentActivity::Busy {
+                        since: now,
+                        queue: skills.iter().next().unwrap_or(0),
+                    },
+                },
+            };
+            views.push(AgentView {
+                skills,
+                activity,
+                leaves_at: None,
+            });
+        }
+        let snapshot = Snapshot {
+            now,
+            waiting: &waiting,
+            agents: &views,
+            scheduled: &[],
+        };
+        let caller = CallerRef(*self.keys.get(call)?);
+        Some(estimate_or_fallback(&self.civic, &snapshot, caller, &self.fallback).0)
     }
 }
 
@@ -198,7 +337,7 @@ impl Queueing {
             leg_by_dialog: HashMap::new(),
             leg_by_media: HashMap::new(),
             queued: HashMap::new(),
-            estimator: WaitEstimate::default(),
+            estimator: WaitEstimate::new(),
             setup,
         }
     }
@@ -281,13 +420,17 @@ impl Engine {
         if waiting.bridged.is_some() {
             return None;
         }
-        let position = q.router.position(&CallId(call_ref))?;
+        let position = q.router.position(&CallId(call_ref.clone()))?;
         let on_duty = q
             .router
             .agents()
             .filter(|(_, s)| !matches!(s, crate::routing::core::AgentState::Offline))
             .count();
-        let estimate = q.estimator.estimate_s(position, on_duty);
+        let ms = q.ms(now);
+        let estimate = q
+            .estimator
+            .estimate_s(&q.router, &q.setup.agents, &call_ref, ms)
+            .unwrap_or(FALLBACK_WAIT_S);
         let waiting = q.queued.get_mut(&number)?;
         let previous = waiting
             .announced
@@ -653,7 +796,7 @@ impl Engine {
             match output {
                 RouterOutput::Record(event) => {
                     if let Some(q) = self.queueing.as_deref_mut() {
-                        q.estimator.observe(&event);
+                        q.estimator.observe(q.router.rules(), &event);
                     }
                     let call_ref = event
                         .call
