@@ -358,10 +358,12 @@ impl WaitEstimator for Hol {
 // ---------------------------------------------------------------------------------------------
 // Asterisk
 
-/// Asterisk app_queue's average: on every answer `holdtime = (3*holdtime + wait) / 4`, and the
-/// estimate is `position * holdtime` with 1-based position in the queue. app_queue starts from
-/// 0 and never forgets; here an empty or stale history (no answer for `stale_after_s`) goes to
-/// the fallback instead of announcing 0.
+/// Asterisk app_queue's average, as its `say_position` announces it: on every answer
+/// `holdtime = (3*holdtime + wait) / 4` (`recalc_holdtime`), and the caller hears
+/// `abs((holdtime + 30) - elapsed)`: the same figure whatever their position, and the absolute
+/// value makes it grow again once the caller has waited longer than the average (the bug the
+/// issue names). app_queue starts from 0 and never forgets; here an empty or stale history (no
+/// answer for `stale_after_s`) goes to the fallback instead of announcing 0.
 #[derive(Clone, Debug, Default)]
 pub struct AsteriskAverage {
     pub config: HistoryConfig,
@@ -399,8 +401,8 @@ impl WaitEstimator for AsteriskAverage {
         if snapshot.now - at > self.config.stale_after_s {
             return None;
         }
-        let position = snapshot.ahead_in_queue(who) + 1;
-        Some(position as f64 * holdtime)
+        let elapsed = (snapshot.now - who.joined_at).max(0.0);
+        Some((holdtime + 30.0 - elapsed).abs())
     }
 }
 
@@ -1209,20 +1211,23 @@ mod tests {
     }
 
     #[test]
-    fn asterisk_average_is_three_quarters_old_plus_quarter_new_times_position() {
+    fn asterisk_average_is_three_quarters_old_plus_quarter_new_minus_elapsed_in_abs() {
         let mut ast = AsteriskAverage::new(HistoryConfig::default());
         ast.observe(&answered(0.0, 0, 100.0)); // (0*3 + 100)/4 = 25
         ast.observe(&answered(1.0, 0, 25.0)); // (75 + 25)/4 = 25
         ast.observe(&answered(2.0, 0, 65.0)); // (75 + 65)/4 = 35
         let waiting = [caller(1, 0, 1.0), caller(2, 0, 2.0), caller(3, 0, 3.0)];
-        let snap = Snapshot {
-            now: 3.0,
+        let snap = |now: f64| Snapshot {
+            now,
             waiting: &waiting,
             agents: &[],
             scheduled: &[],
         };
-        assert_eq!(ast.estimate(&snap, CallerRef(3)), Some(3.0 * 35.0));
-        assert_eq!(ast.estimate(&snap, CallerRef(1)), Some(35.0));
+        // Same figure for every position: holdtime + 30 - elapsed.
+        assert_eq!(ast.estimate(&snap(3.0), CallerRef(3)), Some(65.0));
+        assert_eq!(ast.estimate(&snap(3.0), CallerRef(1)), Some(63.0));
+        // Past the average the absolute value makes it grow again (app_queue's bug).
+        assert_eq!(ast.estimate(&snap(101.0), CallerRef(1)), Some(35.0));
     }
 
     #[test]
