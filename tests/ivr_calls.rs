@@ -36,6 +36,7 @@ struct World {
     utterances: Vec<String>,
     case_requests: Vec<String>,
     sent: Vec<SipMessage>,
+    bridges: Vec<(String, String)>,
 }
 
 impl World {
@@ -56,6 +57,7 @@ impl World {
                     self.last_play_id = play_id;
                 }
                 Output::Media(MediaCommand::StartCapture { .. }) => self.captures += 1,
+                Output::Media(MediaCommand::Bridge { a, b }) => self.bridges.push((a, b)),
                 Output::Media(_) => {}
                 Output::Utterance { path, .. } => self.utterances.push(path),
                 Output::CreateCase { audio_path, .. } => {
@@ -66,10 +68,14 @@ impl World {
         }
     }
     fn sip(&mut self, now: Instant, text: String) {
+        let peer = self.peer;
+        self.sip_from(now, peer, text);
+    }
+    fn sip_from(&mut self, now: Instant, peer: Peer, text: String) {
         self.engine.handle_input(
             now,
             Input::Sip {
-                peer: self.peer,
+                peer,
                 bytes: Bytes::from(text),
             },
         );
@@ -146,6 +152,7 @@ fn answered_call_with(
         utterances: Vec::new(),
         case_requests: Vec::new(),
         sent: Vec::new(),
+        bridges: Vec::new(),
     };
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
     w.sip(t0, format!("INVITE sip:311@127.0.0.1 SIP/2.0\r\n{HEAD}i-{call_id}\r\nFrom: <sip:5551112222@127.0.0.1>;tag=r\r\nTo: <sip:311@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:r@127.0.0.1:5099>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
@@ -590,4 +597,160 @@ fn a_waiting_caller_hears_position_and_wait_on_joining_and_every_minute() {
     assert_eq!(logged[0]["announced_s"], 180);
     assert_eq!(logged[1]["announced_s"], 150);
     assert!(logged.iter().all(|l| l["position"] == 1));
+}
+
+fn routing_setup() -> Arc<civicline::engine::RoutingSetup> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules =
+        civicline::routing::rules::Rules::load(&root.join("routing-rules/queues.toml")).unwrap();
+    let agents =
+        civicline::routing::rules::load_agents(&root.join("routing-rules/agents.toml"), &rules)
+            .unwrap();
+    Arc::new(civicline::engine::RoutingSetup {
+        rules,
+        agents,
+        digest: Default::default(),
+        ready_on_register: true,
+        hold_prompts: vec!["hold_music".into(), "please_hold".into()],
+        announce_every: Duration::from_secs(60),
+    })
+}
+
+fn md5_hex(text: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The agent leg on a fake clock: agent 1002 registers (digest, MD5), an English caller asks
+/// for an agent, the engine INVITEs the agent's registered Contact, the agent answers, the legs
+/// are bridged; then the agent hangs up first and the caller's leg is ended too.
+#[test]
+fn an_agent_leg_is_invited_bridged_and_its_hang_up_ends_the_caller() {
+    let t0 = Instant::now();
+    let (mut w, caller_dialog) = answered_call_with(t0, 9, "ivr-leg", Some(routing_setup()));
+    let agent = Peer::udp(
+        "127.0.0.1:5060".parse().unwrap(),
+        "127.0.0.1:6002".parse().unwrap(),
+    );
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6002;branch=z9hG4bKreg{cseq}\r\n\
+             From: <sip:1002@127.0.0.1>;tag=ag\r\nTo: <sip:1002@127.0.0.1>\r\nCall-ID: agent-reg\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:1002-0x55@127.0.0.1:6002>\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    w.sip_from(t0, agent, register(1, ""));
+    let challenge = w.sent.last().unwrap().clone();
+    assert_eq!(challenge.status(), Some(401));
+    let md5 = challenge
+        .header_lines("WWW-Authenticate")
+        .find(|c| c.contains("MD5"))
+        .unwrap()
+        .to_string();
+    let nonce = md5
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let opaque = md5
+        .split("opaque=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let ha1 = md5_hex("1002:civicline:civic-1002");
+    let ha2 = md5_hex("REGISTER:sip:127.0.0.1");
+    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+    let auth = format!(
+        "Authorization: Digest username=\"1002\", realm=\"civicline\", nonce=\"{nonce}\", uri=\"sip:127.0.0.1\", response=\"{response}\", algorithm=MD5, cnonce=\"abc\", qop=auth, nc=00000001, opaque=\"{opaque}\"\r\n"
+    );
+    w.sip_from(t0, agent, register(2, &auth));
+    assert_eq!(w.sent.last().unwrap().status(), Some(200));
+
+    // The caller: English, then 0 for an agent; Michael is offered the call at his Contact,
+    // exactly as registered (baresip-style user part suffix kept).
+    w.prompt_done(t0);
+    w.media(t0, MediaEvent::Digit('1'));
+    w.media(t0, MediaEvent::Digit('0'));
+    let invite = w
+        .sent
+        .iter()
+        .find(|m| m.method() == Some("INVITE"))
+        .expect("the agent is called")
+        .clone();
+    assert_eq!(invite.request_uri(), Some("sip:1002-0x55@127.0.0.1:6002"));
+    let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=agentleg\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:1002-0x55@127.0.0.1:6002>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        invite.header("Via").unwrap(),
+        invite.header("From").unwrap(),
+        invite.header("To").unwrap(),
+        invite.header("Call-ID").unwrap(),
+        sdp.len()
+    );
+    let t1 = t0 + Duration::from_secs(2);
+    w.sip_from(t1, agent, ok);
+    assert!(
+        w.sent.iter().any(|m| m.method() == Some("ACK")),
+        "the 2xx is acknowledged"
+    );
+    // No category on this call: no whisper, the legs are bridged at once (PCMU caller, PCMA
+    // agent: the media task transcodes).
+    assert_eq!(w.bridges.len(), 1, "{:?}", w.bridges);
+    let answered = w
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Queue && e.reason.as_deref() == Some("answered"))
+        .count();
+    assert_eq!(answered, 1);
+
+    // The agent hangs up: 200 to them, BYE to the caller.
+    let from_tag = invite
+        .header("From")
+        .unwrap()
+        .split("tag=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let bye = format!(
+        "BYE sip:311@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6002;branch=z9hG4bKagbye\r\n\
+         From: {};tag=agentleg\r\nTo: <sip:311@127.0.0.1:5060>;tag={from_tag}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        invite.header("To").unwrap(),
+        invite.header("Call-ID").unwrap()
+    );
+    let t2 = t1 + Duration::from_secs(30);
+    w.sip_from(t2, agent, bye);
+    let last_two: Vec<String> = w.sent[w.sent.len() - 2..]
+        .iter()
+        .map(|m| {
+            m.method()
+                .map(str::to_string)
+                .unwrap_or_else(|| m.status().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        last_two,
+        ["200", "BYE"],
+        "200 to the agent, BYE to the caller"
+    );
+    let caller_bye = w.sent.last().unwrap();
+    assert!(caller_dialog.contains(caller_bye.header("Call-ID").unwrap()));
+    let ended = w
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Ended)
+        .unwrap();
+    assert_eq!(ended.reason.as_deref(), Some("agent_hangup"));
+    assert!(w
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Queue && e.reason.as_deref() == Some("ended")));
 }
