@@ -9,9 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use civicline::runtime::store::EventRow;
 use civicline::sip::sdp;
-use common::{best_correlation, in_dialog, invite, read_wav, Client, WAIT};
+use common::{
+    best_correlation, events, heard_recording, in_dialog, invite, read_wav, Client, WAIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -72,11 +73,6 @@ async fn sipp_pcap(target: SocketAddr, scenario: &str) -> (i32, String) {
         + &String::from_utf8_lossy(&output.stderr);
     text.push_str(&std::fs::read_to_string(&error_file).unwrap_or_default());
     (output.status.code().unwrap_or(-1), text)
-}
-
-async fn events(server: &common::TestServer) -> Vec<EventRow> {
-    server.server.flush_events().await;
-    server.server.store.events(None, 10_000).await.unwrap()
 }
 
 fn with_ivr(flow: &Path) -> impl FnOnce(&mut civicline::config::Config) + '_ {
@@ -490,13 +486,7 @@ prompts = ["goodbye"]
     );
 
     // What baresip heard contains the greeting.
-    let dec = std::fs::read_dir(&heard)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .expect("baresip's recording of what it heard");
-    let heard_audio = read_wav(&dec);
+    let heard_audio = heard_recording(&heard);
     let greeting = read_wav(&root().join("prompts/common/greeting_language.wav"));
     let (score, lag) = best_correlation(&greeting[8000..12_000], &heard_audio, 0..40_000);
     assert!(

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use civicline::runtime::store::EventRow;
-use common::read_wav;
+use common::{baresip_call, events, heard_recording};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 use tokio::net::UdpSocket;
@@ -242,57 +241,6 @@ fn tone_share(samples: &[f64], hz: f64) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn heard(dir: &Path) -> Vec<f64> {
-    let dec = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .expect("baresip's recording of what it heard");
-    read_wav(&dec)
-}
-
-/// A caller: keys typed on baresip's console at the given seconds, `mic` as its voice.
-fn call(
-    target: String,
-    seconds: u32,
-    keys: Vec<(f64, &'static str)>,
-    mic: PathBuf,
-    record: PathBuf,
-) -> String {
-    let mut child = Command::new("timeout")
-        .arg((seconds + 15).to_string())
-        .arg(root().join("scripts/baresip-call"))
-        .args([target, seconds.to_string()])
-        .env("BARESIP_SOURCE_WAV", mic)
-        .env("BARESIP_RECORD_DIR", record)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("baresip-call runs");
-    let mut stdin = child.stdin.take().unwrap();
-    let typist = std::thread::spawn(move || {
-        use std::io::Write;
-        let mut at = 0.0;
-        for (when, text) in keys {
-            std::thread::sleep(Duration::from_secs_f64(when - at));
-            at = when;
-            let _ = stdin.write_all(text.as_bytes());
-            let _ = stdin.flush();
-        }
-        std::thread::sleep(Duration::from_secs(u64::from(seconds)));
-    });
-    let output = child.wait_with_output().unwrap();
-    drop(typist);
-    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
-}
-
-async fn events(server: &common::TestServer) -> Vec<EventRow> {
-    server.server.flush_events().await;
-    server.server.store.events(None, 10_000).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_reach_agents_with_the_right_skill_and_hear_each_other() {
     // Debian's baresip 1.0 cannot answer a SHA-256 challenge at all: offer MD5 only here.
@@ -357,7 +305,13 @@ async fn callers_reach_agents_with_the_right_skill_and_hear_each_other() {
             dir.path().join(format!("caller-{name}")),
         );
         let text = tokio::task::spawn_blocking(move || {
-            call(t, 16, vec![(2.0, language_key), (4.0, "0")], m, r)
+            baresip_call(
+                t,
+                16,
+                vec![(2.0, language_key), (4.0, "0")],
+                Some(&m),
+                Some(&r),
+            )
         })
         .await
         .unwrap();
@@ -384,17 +338,17 @@ async fn callers_reach_agents_with_the_right_skill_and_hear_each_other() {
 
     // The audio crossed the bridge both ways: the caller's 1 kHz at the agent, the agent's
     // 600 Hz at the caller (a pure tone scores near 1, speech and silence far lower).
-    let at_agent = heard(&dir.path().join("agent-1001"));
+    let at_agent = heard_recording(&dir.path().join("agent-1001"));
     assert!(
         tone_share(&at_agent, 1000.0) > 0.8,
         "agent hears the caller's tone"
     );
-    let at_caller = heard(&dir.path().join("caller-es"));
+    let at_caller = heard_recording(&dir.path().join("caller-es"));
     assert!(
         tone_share(&at_caller, 600.0) > 0.8,
         "caller hears the agent's tone"
     );
-    let at_michael = heard(&dir.path().join("agent-1002"));
+    let at_michael = heard_recording(&dir.path().join("agent-1002"));
     assert!(
         tone_share(&at_michael, 1000.0) > 0.8,
         "second call bridged too"

@@ -9,61 +9,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use civicline::runtime::store::EventRow;
-use common::{best_correlation, read_wav};
+use common::{baresip_call, best_correlation, events, heard_recording, read_wav};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A call from baresip: `keys` are (seconds after dialling, text) typed on its console, which
-/// baresip sends as RFC 4733 events during the call; `mic` is what it says.
-fn baresip_call(
-    target: String,
-    seconds: u32,
-    keys: Vec<(f64, &'static str)>,
-    mic: Option<&Path>,
-    heard: Option<&Path>,
-) -> String {
-    let mut command = Command::new("timeout");
-    command
-        .arg((seconds + 15).to_string())
-        .arg(root().join("scripts/baresip-call"))
-        .args([target, seconds.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(mic) = mic {
-        command.env("BARESIP_SOURCE_WAV", mic);
-    }
-    if let Some(heard) = heard {
-        command.env("BARESIP_RECORD_DIR", heard);
-    }
-    let mut child = command.spawn().expect("baresip-call runs");
-    let mut stdin = child.stdin.take().unwrap();
-    // Real time on purpose: baresip is a real phone on a real clock.
-    let typist = std::thread::spawn(move || {
-        use std::io::Write;
-        let mut at = 0.0;
-        for (when, text) in keys {
-            std::thread::sleep(std::time::Duration::from_secs_f64((when - at).max(0.0)));
-            at = when;
-            let _ = stdin.write_all(text.as_bytes());
-            let _ = stdin.flush();
-        }
-        // Keep stdin open until baresip ends the call itself.
-        std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds)));
-    });
-    let output = child.wait_with_output().unwrap();
-    drop(typist);
-    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
-}
-
-async fn events(server: &common::TestServer) -> Vec<EventRow> {
-    server.server.flush_events().await;
-    server.server.store.events(None, 10_000).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,13 +137,7 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
         "{told}"
     );
     // And the caller really heard it: the status prompt is in baresip's recording.
-    let dec = std::fs::read_dir(&heard)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .expect("baresip's recording of what it heard");
-    let heard_audio = read_wav(&dec);
+    let heard_audio = heard_recording(&heard);
     let status = read_wav(&root().join("prompts/en/case_status_open.wav"));
     let excerpt = &status[status.len() / 4..status.len() / 4 + 4000];
     // The status comes after the keys (about 7 s in): search from 5 s on.

@@ -986,6 +986,12 @@ impl Engine {
         self.rng.gen::<u64>() >> 1
     }
 
+    fn leg_of_tx(&self, tx: TxId) -> Option<u64> {
+        self.queueing
+            .as_deref()
+            .and_then(|q| q.leg_by_tx.get(&tx).copied())
+    }
+
     /// A response on an agent leg's INVITE (true when it was one).
     pub(super) fn leg_response(
         &mut self,
@@ -994,11 +1000,7 @@ impl Engine {
         status: u16,
         response: &SipMessage,
     ) -> bool {
-        let Some(leg_number) = self
-            .queueing
-            .as_deref()
-            .and_then(|q| q.leg_by_tx.get(&tx).copied())
-        else {
+        let Some(leg_number) = self.leg_of_tx(tx) else {
             return false;
         };
         let Some(q) = self.queueing.as_deref_mut() else {
@@ -1108,11 +1110,7 @@ impl Engine {
 
     /// An agent leg's INVITE got no answer at all (timer B).
     pub(super) fn leg_timeout(&mut self, now: Instant, tx: TxId) -> bool {
-        let Some(leg_number) = self
-            .queueing
-            .as_deref()
-            .and_then(|q| q.leg_by_tx.get(&tx).copied())
-        else {
+        let Some(leg_number) = self.leg_of_tx(tx) else {
             return false;
         };
         let Some(q) = self.queueing.as_deref_mut() else {

@@ -230,3 +230,65 @@ pub fn best_correlation(
     }
     best
 }
+
+/// A call from baresip (scripts/baresip-call) to `target` for `seconds`: `keys` are (seconds
+/// after dialling, text) typed on its console, which baresip sends as RFC 4733 events; `mic` is
+/// what it says; what it hears is recorded under `heard` (see [`heard_recording`]). Returns its
+/// output. Real time on purpose: baresip is a real phone on a real clock.
+pub fn baresip_call(
+    target: String,
+    seconds: u32,
+    keys: Vec<(f64, &'static str)>,
+    mic: Option<&std::path::Path>,
+    heard: Option<&std::path::Path>,
+) -> String {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new("timeout");
+    command
+        .arg((seconds + 15).to_string())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/baresip-call"))
+        .args([target, seconds.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(mic) = mic {
+        command.env("BARESIP_SOURCE_WAV", mic);
+    }
+    if let Some(heard) = heard {
+        command.env("BARESIP_RECORD_DIR", heard);
+    }
+    let mut child = command.spawn().expect("baresip-call runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let typist = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut at = 0.0;
+        for (when, text) in keys {
+            std::thread::sleep(Duration::from_secs_f64((when - at).max(0.0)));
+            at = when;
+            let _ = stdin.write_all(text.as_bytes());
+            let _ = stdin.flush();
+        }
+        // Keep stdin open until baresip ends the call itself.
+        std::thread::sleep(Duration::from_secs(u64::from(seconds)));
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(typist);
+    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
+}
+
+/// What baresip heard on its call: the `*-dec.wav` its sndfile module wrote into `dir`.
+pub fn heard_recording(dir: &std::path::Path) -> Vec<f64> {
+    let dec = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip's recording of what it heard");
+    read_wav(&dec)
+}
+
+/// Every event committed so far, in log order.
+pub async fn events(server: &TestServer) -> Vec<civicline::runtime::store::EventRow> {
+    server.server.flush_events().await;
+    server.server.store.events(None, 10_000).await.unwrap()
+}
