@@ -483,6 +483,20 @@ impl IvrSession {
         (session, actions)
     }
 
+    /// A session that starts at `step` in `language` (a caller coming back from a queue).
+    pub fn start_at(
+        flow: &Flow,
+        step: usize,
+        language: &str,
+        now: Instant,
+    ) -> (IvrSession, Vec<IvrAction>) {
+        let (mut session, _) = IvrSession::start(flow, now);
+        session.language = language.to_string();
+        let mut actions = Vec::new();
+        session.enter(flow, step, now, &mut actions);
+        (session, actions)
+    }
+
     pub fn current_step<'f>(&self, flow: &'f Flow) -> &'f Step {
         &flow.steps[self.step]
     }

@@ -754,3 +754,31 @@ fn an_agent_leg_is_invited_bridged_and_its_hang_up_ends_the_caller() {
         .iter()
         .any(|e| e.kind == EventKind::Queue && e.reason.as_deref() == Some("ended")));
 }
+
+/// The queue's exit key (0 in `general_en`) takes a waiting caller out of the queue and back to
+/// the main menu; other keys while waiting are ignored.
+#[test]
+fn the_exit_key_takes_a_waiting_caller_back_to_the_main_menu() {
+    let t0 = Instant::now();
+    let (mut w, _) = answered_call_with(t0, 10, "ivr-exit", Some(routing_setup()));
+    w.prompt_done(t0);
+    w.media(t0, MediaEvent::Digit('1')); // English
+    w.media(t0, MediaEvent::Digit('0')); // an agent: joins general_en, nobody logged in
+    assert_eq!(w.played.last().unwrap().1.last().unwrap(), "please_hold");
+    let before = w.played.len();
+    w.media(t0, MediaEvent::Digit('5'));
+    assert_eq!(w.played.len(), before, "other keys do nothing in the queue");
+    w.media(t0 + Duration::from_secs(20), MediaEvent::Digit('0'));
+    assert_eq!(
+        w.played.last().unwrap(),
+        &("en".to_string(), vec!["main_menu".to_string()])
+    );
+    assert!(w
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Queue && e.reason.as_deref() == Some("exited")));
+    // And the menu works again: 2 asks for a case number.
+    w.prompt_done(t0 + Duration::from_secs(21));
+    w.media(t0 + Duration::from_secs(22), MediaEvent::Digit('2'));
+    assert_eq!(w.played.last().unwrap().1, ["enter_case_number"]);
+}

@@ -1140,6 +1140,9 @@ impl Engine {
                 let mut event = self.record_for(number, now, EventKind::Digit);
                 event.detail = Some(format!("{{\"digit\":\"{digit}\"}}"));
                 self.emit(event);
+                if self.queued_key(now, number, digit) {
+                    return;
+                }
                 IvrEvent::Digit(digit)
             }
             MediaEvent::RecordingFinished {

@@ -730,6 +730,59 @@ impl Engine {
         true
     }
 
+    /// A key from a caller in a queue (true when the queue took it). The queue's exit key takes
+    /// the caller out (the router records `exited`) and back to the flow's main menu; other keys
+    /// are ignored while they wait, and the IVR never sees them.
+    pub(super) fn queued_key(&mut self, now: Instant, number: u64, digit: char) -> bool {
+        let Some(call_ref) = self.calls.get(&number).map(|c| c.call_ref.clone()) else {
+            return false;
+        };
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return false;
+        };
+        let Some(waiting) = q.queued.get(&number) else {
+            return false;
+        };
+        if waiting.bridged.is_some() {
+            return true;
+        }
+        let call = CallId(call_ref);
+        let exit_key = match q.router.call_status(&call) {
+            Some(crate::routing::core::CallStatus::Waiting { queue, .. }) => {
+                q.router.rules().queue(&queue).and_then(|q| q.exit_key)
+            }
+            _ => None,
+        };
+        if exit_key != Some(digit) {
+            return true;
+        }
+        let ms = q.ms(now);
+        if q.router
+            .handle_input(ms, RouterInput::CallerExit { call })
+            .is_err()
+        {
+            return true;
+        }
+        q.queued.remove(&number);
+        self.drain_router(now);
+        self.next_play_id(number);
+        let language = self.language_of(number);
+        let flow = self.config.flow.clone();
+        let menu = flow.as_ref().and_then(|f| f.step_index("main_menu"));
+        match (flow, menu) {
+            (Some(flow), Some(step)) => {
+                let (session, actions) =
+                    crate::ivr::IvrSession::start_at(&flow, step, &language, now);
+                if let Some(call) = self.calls.get_mut(&number) {
+                    call.ivr = Some(session);
+                }
+                self.apply_ivr(now, number, actions);
+            }
+            _ => self.record_end_and_bye(now, number, "queue_exit"),
+        }
+        true
+    }
+
     /// A caller's prompt ended: while they wait, the hold music starts again.
     pub(super) fn hold_prompt_finished(&mut self, now: Instant, number: u64) -> bool {
         let Some(q) = self.queueing.as_deref() else {
