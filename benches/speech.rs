@@ -4,9 +4,9 @@
 //! expectation. Prints every transcript, word error rate, category and address accuracy, and
 //! time per utterance. Issue targets: 90 % categories, 80 % addresses (see BENCHMARKS.md).
 //!
-//! Run: `scripts/fetch-model && cargo bench --bench speech` (the server's settings: beam 5,
+//! Run: `scripts/fetch-model && cargo bench --bench speech` (the server's settings: greedy,
 //! encoder window sized to the clip, street/category initial prompt). Variants:
-//! `-- --beam 1` (greedy), `-- --full-window`, `-- --no-prompt`. Model: `CIVICLINE_TEST_MODEL`.
+//! `-- --beam 5` (beam search), `-- --full-window`, `-- --no-prompt`. Model: `CIVICLINE_TEST_MODEL`.
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +32,7 @@ fn main() {
         } else {
             initial_prompt(&categories, &streets)
         },
-        beam_size: flag("--beam").unwrap_or(5),
+        beam_size: flag("--beam").unwrap_or(civicline::config::SpeechConfig::default().beam_size),
         audio_ctx_to_clip: !args.iter().any(|a| a == "--full-window"),
     };
     let model = std::env::var("CIVICLINE_TEST_MODEL")

@@ -102,7 +102,7 @@ impl Default for SpeechConfig {
             categories: PathBuf::from("routing-rules/categories.toml"),
             streets: PathBuf::from("routing-rules/streets.txt"),
             min_confidence: 0.5,
-            beam_size: 5,
+            beam_size: 1,
             audio_ctx_to_clip: true,
         }
     }
