@@ -1393,17 +1393,22 @@ impl Engine {
             None => format!("{{\"queue\":{}}}", json_string(queue)),
         });
         self.emit(event);
+        let language = self.language_of(number);
         let Some(call) = self.calls.get_mut(&number) else {
             return;
         };
         call.hangup_after_prompt = Some("handoff_placeholder");
-        let language = call
-            .ivr
-            .as_ref()
-            .map(|i| i.language.clone())
-            .unwrap_or_else(|| "en".into());
         prompts.push("all_agents_busy".into());
         self.play(now, number, prompts, language);
+    }
+
+    /// The language the caller chose in the IVR (English until they choose).
+    fn language_of(&self, number: u64) -> String {
+        self.calls
+            .get(&number)
+            .and_then(|c| c.ivr.as_ref())
+            .map(|i| i.language.clone())
+            .unwrap_or_else(|| "en".into())
     }
 
     /// Queues prompts for the caller and records what was played.

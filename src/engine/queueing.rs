@@ -400,14 +400,6 @@ impl Engine {
         }
     }
 
-    fn language_of(&self, number: u64) -> String {
-        self.calls
-            .get(&number)
-            .and_then(|c| c.ivr.as_ref())
-            .map(|i| i.language.clone())
-            .unwrap_or_else(|| "en".into())
-    }
-
     /// The caller's position and wait, as prompts, logged with the figures behind them; `None`
     /// when they are no longer waiting (an agent rings or talks). Schedules the next one.
     fn announcement(&mut self, now: Instant, number: u64) -> Option<Vec<String>> {
@@ -644,14 +636,10 @@ impl Engine {
         queue: &str,
         mut prompts: Vec<String>,
     ) -> bool {
+        let language = self.language_of(number);
         let Some(call) = self.calls.get(&number) else {
             return false;
         };
-        let language = call
-            .ivr
-            .as_ref()
-            .map(|i| i.language.clone())
-            .unwrap_or_else(|| "en".into());
         let category = call.category.clone();
         let call_ref = call.call_ref.clone();
         let case_number = call.case_number.clone();
@@ -791,11 +779,7 @@ impl Engine {
         match q.queued.get(&number) {
             Some(waiting) if waiting.bridged.is_none() => {
                 let hold = q.setup.hold_prompts.clone();
-                let language = self.calls[&number]
-                    .ivr
-                    .as_ref()
-                    .map(|i| i.language.clone())
-                    .unwrap_or_else(|| "en".into());
+                let language = self.language_of(number);
                 self.play(now, number, hold, language);
                 true
             }
@@ -903,11 +887,7 @@ impl Engine {
                         if let Some(c) = self.calls.get_mut(&number) {
                             c.hangup_after_prompt = Some("no_agent");
                         }
-                        let language = self.calls[&number]
-                            .ivr
-                            .as_ref()
-                            .map(|i| i.language.clone())
-                            .unwrap_or_else(|| "en".into());
+                        let language = self.language_of(number);
                         self.play(now, number, vec!["all_agents_busy".into()], language);
                     }
                 }

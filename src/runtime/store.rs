@@ -96,6 +96,24 @@ const FIRST_CASE_NUMBER: i64 = 1_000_000;
 
 const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, transcript, confidence, created_at_ms, updated_at_ms FROM cases";
 
+/// A `StoredEvent` from a row of `SELECT_COLUMNS` (a macro: the row types of the two backends
+/// share no trait that names these columns' types without a wall of bounds).
+macro_rules! stored_event {
+    ($r:expr) => {
+        StoredEvent {
+            occurred_at_ms: $r.try_get("occurred_at_ms")?,
+            call_ref: $r.try_get("call_ref")?,
+            sip_call_id: $r.try_get("sip_call_id")?,
+            kind: $r.try_get("kind")?,
+            status_code: $r.try_get("status_code")?,
+            reason: $r.try_get("reason")?,
+            duration_ms: $r.try_get("duration_ms")?,
+            caller: $r.try_get("caller")?,
+            detail: $r.try_get("detail")?,
+        }
+    };
+}
+
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(SqlitePool),
@@ -205,19 +223,7 @@ impl Store {
                     .fetch_all($pool)
                     .await?
                     .into_iter()
-                    .map(|r| -> Result<StoredEvent, sqlx::Error> {
-                        Ok(StoredEvent {
-                            occurred_at_ms: r.try_get("occurred_at_ms")?,
-                            call_ref: r.try_get("call_ref")?,
-                            sip_call_id: r.try_get("sip_call_id")?,
-                            kind: r.try_get("kind")?,
-                            status_code: r.try_get("status_code")?,
-                            reason: r.try_get("reason")?,
-                            duration_ms: r.try_get("duration_ms")?,
-                            caller: r.try_get("caller")?,
-                            detail: r.try_get("detail")?,
-                        })
-                    })
+                    .map(|r| -> Result<StoredEvent, sqlx::Error> { Ok(stored_event!(r)) })
                     .collect::<Result<Vec<_>, _>>()?
             }};
         }
@@ -248,17 +254,7 @@ impl Store {
                     .map(|r| -> Result<EventRow, sqlx::Error> {
                         Ok(EventRow {
                             seq: r.try_get("seq")?,
-                            event: StoredEvent {
-                                occurred_at_ms: r.try_get("occurred_at_ms")?,
-                                call_ref: r.try_get("call_ref")?,
-                                sip_call_id: r.try_get("sip_call_id")?,
-                                kind: r.try_get("kind")?,
-                                status_code: r.try_get("status_code")?,
-                                reason: r.try_get("reason")?,
-                                duration_ms: r.try_get("duration_ms")?,
-                                caller: r.try_get("caller")?,
-                                detail: r.try_get("detail")?,
-                            },
+                            event: stored_event!(r),
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
