@@ -294,6 +294,12 @@ pub struct QueueEvent {
     pub to_queue: Option<QueueId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<AgentState>,
+    /// On `joined`: what the IVR knew about the caller and their priority, so a replay
+    /// (`routing::simulate`) can route the same arrivals under other rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<CallerAttrs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 impl QueueEvent {
@@ -309,6 +315,8 @@ impl QueueEvent {
             wrapup_ms: None,
             to_queue: None,
             state: None,
+            attrs: None,
+            priority: None,
         }
     }
 }
@@ -1012,7 +1020,10 @@ impl Router {
         c.queue_joined_ms = now;
         c.level = level;
         c.phase = Phase::Waiting;
-        let ev = self.call_event(slot, now, QueueEventKind::Joined);
+        let mut ev = self.call_event(slot, now, QueueEventKind::Joined);
+        let c = self.call(slot);
+        ev.attrs = Some(c.attrs.clone());
+        ev.priority = Some(c.priority);
         self.record(ev);
         self.count(slot, |c| c.offered += 1);
         self.insert_waiting(slot);
