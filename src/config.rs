@@ -35,6 +35,61 @@ pub struct Config {
     pub ivr: IvrConfig,
     pub speech: SpeechConfig,
     pub routing: RoutingConfig,
+    pub callbacks: CallbackConfig,
+}
+
+/// Callbacks that keep a waiting caller's place (`src/engine/callback.rs`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Where calls to residents go, `sip:HOST:PORT` with an IP address (a SIP trunk's gateway
+    /// or SBC, over UDP); the Request-URI is `sip:<number>@HOST:PORT`. Empty: callbacks are
+    /// not offered (there is nowhere to call from).
+    pub gateway: String,
+    /// Offered once the wait announced to a caller is at least this many seconds.
+    pub offer_after_s: u64,
+    /// The key that accepts the offer.
+    pub key: String,
+    /// Numbers that may be called back, in Asterisk pattern syntax (X, Z, N, [1-5], '.', '!'):
+    /// nothing else is ever dialled.
+    pub allowed: Vec<String>,
+    /// Refused even when allowed (checked first): international and premium-rate numbers.
+    pub denied: Vec<String>,
+    /// Calls to the resident per callback, at most.
+    pub max_attempts: u32,
+    /// Pause between attempts, seconds.
+    pub retry_after_s: u64,
+    /// Ring time before an attempt counts as unanswered, seconds.
+    pub ring_timeout_s: u64,
+    /// A callback not completed this long after the original join is given up, seconds.
+    pub give_up_after_s: u64,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            gateway: String::new(),
+            offer_after_s: 120,
+            key: "1".into(),
+            // North American numbers: ten digits, or 1 and ten digits.
+            allowed: vec!["NXXNXXXXXX".into(), "1NXXNXXXXXX".into()],
+            // International (011), premium rate (900, 976), and the N11 service codes.
+            denied: vec![
+                "011.".into(),
+                "900XXXXXXX".into(),
+                "1900XXXXXXX".into(),
+                "976XXXXXXX".into(),
+                "1976XXXXXXX".into(),
+                "NXX976XXXX".into(),
+                "1NXX976XXXX".into(),
+                "N11".into(),
+            ],
+            max_attempts: 3,
+            retry_after_s: 120,
+            ring_timeout_s: 30,
+            give_up_after_s: 4 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

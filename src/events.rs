@@ -40,6 +40,10 @@ pub enum EventKind {
     /// A queued caller was told their position and wait (`detail`: position, estimate_s,
     /// announced_s), logged so announced and realised waits can be compared.
     Announced,
+    /// A callback's step (`reason`: requested, refused, dialing, attempt_failed, connected,
+    /// completed, failed, restored; `detail`: the number's last four digits, attempt, result;
+    /// `duration` on connected: the whole wait since the original join).
+    Callback,
 }
 
 impl EventKind {
@@ -61,6 +65,7 @@ impl EventKind {
             EventKind::Transcript => "transcript",
             EventKind::Queue => "queue",
             EventKind::Announced => "announced",
+            EventKind::Callback => "callback",
         }
     }
 
@@ -82,6 +87,7 @@ impl EventKind {
             EventKind::Transcript,
             EventKind::Queue,
             EventKind::Announced,
+            EventKind::Callback,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -64,6 +64,7 @@ impl World {
                     self.case_requests.push(audio_path.unwrap_or_default())
                 }
                 Output::LookupCase { number, .. } => self.case_requests.push(number),
+                Output::SaveCallback(_) => {}
             }
         }
     }

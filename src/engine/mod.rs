@@ -5,7 +5,11 @@
 //! the calls (one UAS dialog each), the RTP port pool's bookkeeping and the events to record. It
 //! never touches a socket, a thread, a clock or the database: `runtime/` does that.
 
+mod callback;
 mod queueing;
+pub use callback::{
+    CallbackRecord, CallbackSetup, DialPattern, DialPlan, DialPlanError, RestoredCallback,
+};
 pub use queueing::RoutingSetup;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -63,6 +67,8 @@ pub struct EngineConfig {
     pub flow: Option<Arc<Flow>>,
     /// Queues and agents; `None` keeps the "all agents busy" placeholder for hand-offs.
     pub routing: Option<Arc<RoutingSetup>>,
+    /// Callbacks that keep a waiting caller's place; `None`: never offered.
+    pub callbacks: Option<Arc<CallbackSetup>>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +84,7 @@ impl Default for EngineConfig {
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             flow: None,
             routing: None,
+            callbacks: None,
         }
     }
 }
@@ -109,6 +116,8 @@ pub enum Input {
         outcome: crate::ivr::DraftOutcome,
         detail: Option<String>,
     },
+    /// Callbacks the store held when the server started: each takes its place in line again.
+    RestoreCallbacks(Vec<RestoredCallback>),
 }
 
 /// Answers from the case store.
@@ -225,6 +234,8 @@ pub enum Output {
         path: String,
         duration: Duration,
     },
+    /// A callback's new state, to keep in the store (so callbacks survive a restart).
+    SaveCallback(CallbackRecord),
 }
 
 /// Counters for health and metrics; every one is derived from engine decisions.
@@ -442,6 +453,7 @@ impl Engine {
                 outcome,
                 detail,
             } => self.handle_transcript(now, &call_ref, &audio_path, outcome, detail),
+            Input::RestoreCallbacks(callbacks) => self.restore_callbacks(now, callbacks),
         }
         self.drain_transactions(now);
     }
@@ -1966,6 +1978,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// An IP address as the host part of a SIP URI or Via (IPv6 in brackets).
+/// `host:port` for a SIP URI (IPv6 in brackets).
+pub fn host_port(addr: SocketAddr) -> String {
+    format!("{}:{}", uri_host(addr.ip()), addr.port())
+}
+
 fn uri_host(ip: IpAddr) -> String {
     match ip {
         IpAddr::V6(v6) => format!("[{v6}]"),

@@ -40,7 +40,7 @@ pub struct RoutingSetup {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LegState {
+pub(super) enum LegState {
     /// INVITE sent, no answer yet.
     Inviting,
     /// 200 received and acknowledged; the whisper plays, then the bridge.
@@ -52,12 +52,27 @@ enum LegState {
     Ending,
 }
 
-/// The call from us to an agent's phone for one offer.
+/// Whom an outbound leg calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LegKind {
+    /// An agent's phone, for one offer; `resident` is the callback leg bridged to it, if any.
+    Agent { resident: Option<u64> },
+    /// A resident called back through the gateway, for the agent on `agent_leg`.
+    Resident { agent_leg: u64 },
+}
+
+/// A call from us: to an agent's phone for one offer, or to a resident for a callback.
 #[derive(Debug)]
-struct AgentLeg {
-    caller: u64,
-    agent: AgentId,
-    media_ref: String,
+pub(super) struct AgentLeg {
+    /// The router's call this leg serves.
+    pub(super) call: CallId,
+    /// The resident's inbound call, when they are still on the line (None for a callback).
+    pub(super) caller: Option<u64>,
+    pub(super) agent: AgentId,
+    pub(super) kind: LegKind,
+    /// A resident leg is cancelled when it has rung this long unanswered.
+    pub(super) ring_deadline: Option<Instant>,
+    pub(super) media_ref: String,
     sip_call_id: String,
     local_tag: String,
     remote_tag: Option<String>,
@@ -66,17 +81,17 @@ struct AgentLeg {
     peer: Peer,
     remote_target: String,
     rtp_port: u16,
-    state: LegState,
+    pub(super) state: LegState,
     cseq: u32,
-    play_id: u64,
+    pub(super) play_id: u64,
     /// Our Via up to its branch ("SIP/2.0/UDP 127.0.0.1:5060"), for requests in the dialog.
     via_sent_by: String,
 }
 
 /// What the engine keeps about queues and agents.
 pub struct Queueing {
-    setup: Arc<RoutingSetup>,
-    router: Router,
+    pub(super) setup: Arc<RoutingSetup>,
+    pub(super) router: Router,
     auth: Authenticator,
     registrar: Registrar,
     /// When the engine first saw the clock: router and registrar time is ms since then.
@@ -86,13 +101,15 @@ pub struct Queueing {
     /// Where each agent's REGISTER came from: requests to the agent go there (NAT-safe, like
     /// Asterisk's force_rport), to the Request-URI of their Contact exactly as registered.
     agent_peers: HashMap<String, Peer>,
-    legs: HashMap<u64, AgentLeg>,
+    pub(super) legs: HashMap<u64, AgentLeg>,
     next_leg: u64,
     leg_by_tx: HashMap<TxId, u64>,
     leg_by_dialog: HashMap<String, u64>,
     leg_by_media: HashMap<String, u64>,
     /// Callers in a queue (waiting or ringing an agent), by call number.
-    queued: HashMap<u64, QueuedCaller>,
+    pub(super) queued: HashMap<u64, QueuedCaller>,
+    /// Callbacks that keep a place in line for a resident who hung up, by router call id.
+    pub(super) callbacks: HashMap<String, super::callback::Callback>,
     /// What the wait estimator learns from the router's events.
     estimator: WaitEstimate,
 }
@@ -112,6 +129,9 @@ struct WaitEstimate {
 }
 
 const FALLBACK_WAIT_S: f64 = 180.0;
+
+/// See `Queueing::ms`: seven days.
+const ROUTER_CLOCK_BASE_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl WaitEstimate {
     fn new() -> WaitEstimate {
@@ -306,14 +326,23 @@ pub fn announcement_prompts(position: usize, wait_s: f64, language: &str) -> Vec
 }
 
 #[derive(Debug, Default)]
-struct QueuedCaller {
+pub(super) struct QueuedCaller {
     /// The leg that is bridged to this caller, if any.
     bridged: Option<u64>,
-    category: Option<String>,
+    pub(super) category: Option<String>,
     /// The next position-and-wait announcement.
     next_announce: Option<Instant>,
     /// The last figure announced and when.
     announced: Option<(f64, Instant)>,
+    /// What the router was told at the hand-off, kept for a callback's later re-joins.
+    pub(super) attrs: CallerAttrs,
+    pub(super) queue: Option<QueueId>,
+    /// Router time of the hand-off: a callback keeps this place in line.
+    pub(super) joined_ms: u64,
+    /// The callback offer's dialogue, while the caller is in it.
+    pub(super) callback: Option<super::callback::CallbackAsk>,
+    /// The callback has been offered (the announced wait passed the threshold).
+    pub(super) callback_offered: bool,
 }
 
 impl Queueing {
@@ -337,24 +366,42 @@ impl Queueing {
             leg_by_dialog: HashMap::new(),
             leg_by_media: HashMap::new(),
             queued: HashMap::new(),
+            callbacks: HashMap::new(),
             estimator: WaitEstimate::new(),
             setup,
         }
     }
 
-    fn ms(&mut self, now: Instant) -> u64 {
+    /// Router and registrar time: ms since the engine first saw the clock, plus
+    /// `ROUTER_CLOCK_BASE_MS`, so that a callback restored after a restart can be placed at
+    /// the join time it had (up to that long ago) without going below zero.
+    pub(super) fn ms(&mut self, now: Instant) -> u64 {
         let epoch = *self.epoch.get_or_insert(now);
-        now.saturating_duration_since(epoch).as_millis() as u64
+        ROUTER_CLOCK_BASE_MS + now.saturating_duration_since(epoch).as_millis() as u64
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let epoch = self.epoch?;
         let announce = self.queued.values().filter_map(|w| w.next_announce).min();
+        let asks = self
+            .queued
+            .values()
+            .filter_map(|w| w.callback.as_ref().map(|c| c.deadline()))
+            .min();
+        let rings = self.legs.values().filter_map(|l| l.ring_deadline).min();
+        let parked = self
+            .callbacks
+            .values()
+            .filter_map(|c| c.parked_until())
+            .min();
         [self.router.poll_timeout(), self.registrar.poll_timeout()]
             .into_iter()
             .flatten()
-            .map(|ms| epoch + Duration::from_millis(ms))
+            .map(|ms| epoch + Duration::from_millis(ms.saturating_sub(ROUTER_CLOCK_BASE_MS)))
             .chain(announce)
+            .chain(asks)
+            .chain(rings)
+            .chain(parked)
             .min()
     }
 
@@ -376,6 +423,7 @@ impl Engine {
             self.agent_offline(now, &user);
         }
         self.drain_router(now);
+        self.callback_timeouts(now);
         let due: Vec<u64> = self
             .queueing
             .as_deref()
@@ -429,6 +477,14 @@ impl Engine {
             .map(|(s, at)| (s, now.saturating_duration_since(at).as_secs_f64()));
         let announced = smoothed_announcement(previous, estimate);
         waiting.announced = Some((announced, now));
+        let offer_callback = self
+            .config
+            .callbacks
+            .as_deref()
+            .is_some_and(|c| announced >= c.offer_after.as_secs_f64());
+        if offer_callback {
+            waiting.callback_offered = true;
+        }
         let mut event = self.record_for(number, now, EventKind::Announced);
         event.detail = Some(format!(
             "{{\"position\":{},\"estimate_s\":{:.0},\"announced_s\":{:.0},\"agents_on_duty\":{on_duty}}}",
@@ -437,7 +493,11 @@ impl Engine {
             announced
         ));
         self.emit(event);
-        Some(announcement_prompts(position, announced, &language))
+        let mut prompts = announcement_prompts(position, announced, &language);
+        if offer_callback {
+            prompts.push("callback_offer".into());
+        }
+        Some(prompts)
     }
 
     fn agent_of_user(&self, user: &str) -> Option<AgentProfile> {
@@ -666,6 +726,9 @@ impl Engine {
             number,
             QueuedCaller {
                 category,
+                attrs: attrs.clone(),
+                queue: Some(queue_id.clone()),
+                joined_ms: ms,
                 ..QueuedCaller::default()
             },
         );
@@ -734,6 +797,12 @@ impl Engine {
         if waiting.bridged.is_some() {
             return true;
         }
+        if self.callback_key(now, number, digit) {
+            return true;
+        }
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return false;
+        };
         let call = CallId(call_ref);
         let exit_key = match q.router.call_status(&call) {
             Some(crate::routing::core::CallStatus::Waiting { queue, .. }) => {
@@ -777,6 +846,8 @@ impl Engine {
             return false;
         };
         match q.queued.get(&number) {
+            // In the callback dialogue the caller is listening for keys, not music.
+            Some(waiting) if waiting.callback.is_some() => true,
             Some(waiting) if waiting.bridged.is_none() => {
                 let hold = q.setup.hold_prompts.clone();
                 let language = self.language_of(number);
@@ -811,7 +882,7 @@ impl Engine {
         let legs: Vec<u64> = q
             .legs
             .iter()
-            .filter(|(_, l)| l.caller == number)
+            .filter(|(_, l)| l.caller == Some(number))
             .map(|(&n, _)| n)
             .collect();
         for leg in legs {
@@ -863,8 +934,8 @@ impl Engine {
                             .iter()
                             .find(|(_, l)| {
                                 l.agent == agent
-                                    && self.calls.get(&l.caller).map(|c| c.call_ref.as_str())
-                                        == Some(call.0.as_str())
+                                    && l.call == call
+                                    && matches!(l.kind, LegKind::Agent { .. })
                             })
                             .map(|(&n, _)| n)
                     });
@@ -875,20 +946,19 @@ impl Engine {
                 RouterOutput::Connected { call, agent, .. } => {
                     self.connected(now, &call, &agent);
                 }
-                RouterOutput::MaxWaitExceeded { call, .. }
-                | RouterOutput::NoAgents { call, .. }
-                | RouterOutput::Removed { call, .. } => {
-                    // Nobody can take the caller: say so and hang up (issue "wait estimates"
-                    // offers a callback here).
-                    if let Some(&number) = self.call_refs.get(&call.0) {
-                        if let Some(q) = self.queueing.as_deref_mut() {
-                            q.queued.remove(&number);
-                        }
-                        if let Some(c) = self.calls.get_mut(&number) {
-                            c.hangup_after_prompt = Some("no_agent");
-                        }
-                        let language = self.language_of(number);
-                        self.play(now, number, vec!["all_agents_busy".into()], language);
+                RouterOutput::MaxWaitExceeded { call, queue } => {
+                    if !self.callback_left_queue(now, &call, Some(queue), false) {
+                        self.nobody_can_take(now, &call);
+                    }
+                }
+                RouterOutput::NoAgents { call, queue } => {
+                    if !self.callback_left_queue(now, &call, Some(queue), true) {
+                        self.nobody_can_take(now, &call);
+                    }
+                }
+                RouterOutput::Removed { call, .. } => {
+                    if !self.callback_left_queue(now, &call, None, false) {
+                        self.nobody_can_take(now, &call);
                     }
                 }
                 RouterOutput::Overflowed { .. } | RouterOutput::AgentStateChanged { .. } => {}
@@ -896,9 +966,33 @@ impl Engine {
         }
     }
 
+    /// Nobody can take a caller who is on the line: say so and hang up.
+    fn nobody_can_take(&mut self, now: Instant, call: &CallId) {
+        let Some(&number) = self.call_refs.get(&call.0) else {
+            return;
+        };
+        if let Some(q) = self.queueing.as_deref_mut() {
+            q.queued.remove(&number);
+        }
+        if let Some(c) = self.calls.get_mut(&number) {
+            c.hangup_after_prompt = Some("no_agent");
+        }
+        let language = self.language_of(number);
+        self.play(now, number, vec!["all_agents_busy".into()], language);
+    }
+
     /// Rings the agent: an INVITE to the Contact they registered.
     fn offer(&mut self, now: Instant, call: &CallId, agent: &AgentId) {
-        let caller = self.call_refs.get(&call.0).copied();
+        // A caller on the line, or a callback keeping a place for a resident who hung up (who
+        // may still be hearing the goodbye: the leg must not end with that call).
+        let is_callback = self
+            .queueing
+            .as_deref()
+            .is_some_and(|q| q.callbacks.contains_key(&call.0));
+        let caller = match is_callback {
+            true => None,
+            false => self.call_refs.get(&call.0).copied(),
+        };
         let user = self.queueing.as_deref().and_then(|q| {
             q.setup
                 .agents
@@ -915,15 +1009,17 @@ impl Engine {
                 .zip(q.agent_peers.get(user).copied()),
             _ => None,
         };
-        let port = self.ports.take();
-        let (Some(caller), Some((contact, peer)), Some(port), Some(user)) =
-            (caller, target, port, user)
-        else {
+        let reachable = match (caller.is_some() || is_callback, target, user) {
+            (true, Some((contact, peer)), Some(user)) => {
+                let to = format!("<sip:{user}@{}>", uri_host(self.local_ip(&peer)));
+                let kind = LegKind::Agent { resident: None };
+                self.invite_leg(now, peer, contact, to, call, caller, agent, kind)
+            }
+            _ => None,
+        };
+        if reachable.is_none() {
             // Unreachable agent or no RTP port: the router puts the agent aside and the caller
             // keeps their place.
-            if let Some(port) = port {
-                self.ports.put(port);
-            }
             if let Some(q) = self.queueing.as_deref_mut() {
                 let ms = q.ms(now);
                 let _ = q.router.handle_input(
@@ -934,8 +1030,24 @@ impl Engine {
                     },
                 );
             }
-            return;
-        };
+        }
+    }
+
+    /// Sends an INVITE (our SDP offer on a fresh RTP port) to `request_uri` through `peer` and
+    /// keeps the leg; None when no RTP port is free.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn invite_leg(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        request_uri: String,
+        to: String,
+        call: &CallId,
+        caller: Option<u64>,
+        agent: &AgentId,
+        kind: LegKind,
+    ) -> Option<u64> {
+        let port = self.ports.take()?;
         let host = uri_host(self.local_ip(&peer));
         let local_tag = self.random_token();
         let sip_call_id = format!("{}@{host}", self.random_token());
@@ -954,7 +1066,7 @@ impl Engine {
         let mut invite = SipMessage {
             start: StartLine::Request {
                 method: "INVITE".into(),
-                uri: contact.clone(),
+                uri: request_uri.clone(),
                 version: "SIP/2.0".into(),
             },
             headers: Vec::new(),
@@ -974,7 +1086,7 @@ impl Engine {
             "From",
             format!("<sip:311@{host}:{}>;tag={local_tag}", peer.local.port()),
         );
-        invite.push_header("To", format!("<sip:{user}@{host}>"));
+        invite.push_header("To", to);
         invite.push_header("Call-ID", sip_call_id.clone());
         invite.push_header("CSeq", "1 INVITE");
         invite.push_header("Contact", self.contact_for(&peer));
@@ -983,11 +1095,16 @@ impl Engine {
         invite.push_header("Content-Type", "application/sdp");
         let tx = self.transactions.send_request(now, peer, invite.clone());
         let Some(q) = self.queueing.as_deref_mut() else {
-            return;
+            self.ports.put(port);
+            return None;
         };
         let leg_number = q.next_leg;
         q.next_leg += 1;
-        let media_ref = format!("{}-agent-{leg_number}", call.0);
+        let role = match kind {
+            LegKind::Agent { .. } => "agent",
+            LegKind::Resident { .. } => "callback",
+        };
+        let media_ref = format!("{}-{role}-{leg_number}", call.0);
         q.leg_by_tx.insert(tx, leg_number);
         q.leg_by_dialog
             .insert(format!("{sip_call_id}|{local_tag}"), leg_number);
@@ -995,8 +1112,11 @@ impl Engine {
         q.legs.insert(
             leg_number,
             AgentLeg {
+                call: call.clone(),
                 caller,
                 agent: agent.clone(),
+                kind,
+                ring_deadline: None,
                 media_ref,
                 sip_call_id,
                 local_tag,
@@ -1004,7 +1124,7 @@ impl Engine {
                 invite,
                 invite_tx: tx,
                 peer,
-                remote_target: contact,
+                remote_target: request_uri,
                 rtp_port: port,
                 state: LegState::Inviting,
                 cseq: 1,
@@ -1012,6 +1132,7 @@ impl Engine {
                 via_sent_by: format!("SIP/2.0/{} {host}:{}", peer.transport, peer.local.port()),
             },
         );
+        Some(leg_number)
     }
 
     fn rng_u64(&mut self) -> u64 {
@@ -1043,12 +1164,12 @@ impl Engine {
         let Some(leg) = q.legs.get_mut(&leg_number) else {
             return true;
         };
-        let call = self
-            .calls
-            .get(&leg.caller)
-            .map(|c| CallId(c.call_ref.clone()));
+        let call = Some(leg.call.clone());
         let agent = leg.agent.clone();
+        let kind = leg.kind;
+        let resident = matches!(kind, LegKind::Resident { .. });
         match status {
+            180 | 183 if resident => {}
             180 | 183 => {
                 if let Some(call) = call {
                     let _ = q
@@ -1093,6 +1214,11 @@ impl Engine {
                     .and_then(|s| sdp::accept_answer(&s).ok());
                 let Some(negotiated) = negotiated else {
                     self.send_leg_bye(now, leg_number);
+                    if let LegKind::Resident { agent_leg } = kind {
+                        self.forget_leg(leg_number);
+                        self.resident_failed(now, agent_leg, "no usable audio in the answer");
+                        return true;
+                    }
                     if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
                         let _ = q
                             .router
@@ -1118,6 +1244,10 @@ impl Engine {
                     telephone_event_pt: negotiated.telephone_event_pt,
                 };
                 self.outputs.push_back(Output::Media(open));
+                if resident {
+                    self.resident_answered(now, leg_number);
+                    return true;
+                }
                 if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
                     let _ = q
                         .router
@@ -1127,6 +1257,12 @@ impl Engine {
             300..=699 => {
                 let cancelled = leg.state == LegState::Cancelling;
                 self.forget_leg(leg_number);
+                if let LegKind::Resident { agent_leg } = kind {
+                    if !cancelled {
+                        self.resident_failed(now, agent_leg, &format!("{status}"));
+                    }
+                    return true;
+                }
                 if !cancelled {
                     if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
                         let _ = q
@@ -1152,10 +1288,13 @@ impl Engine {
         let Some(leg) = q.legs.get(&leg_number) else {
             return true;
         };
-        let (caller, agent) = (leg.caller, leg.agent.clone());
+        let (call, agent, kind) = (leg.call.clone(), leg.agent.clone(), leg.kind);
         self.forget_leg(leg_number);
-        let call = self.calls.get(&caller).map(|c| CallId(c.call_ref.clone()));
-        if let (Some(q), Some(call)) = (self.queueing.as_deref_mut(), call) {
+        if let LegKind::Resident { agent_leg } = kind {
+            self.resident_failed(now, agent_leg, "no answer from the gateway");
+            return true;
+        }
+        if let Some(q) = self.queueing.as_deref_mut() {
             let ms = q.ms(now);
             let _ = q
                 .router
@@ -1167,17 +1306,19 @@ impl Engine {
 
     /// The router connected caller and agent: whisper the category to the agent, then bridge.
     fn connected(&mut self, now: Instant, call: &CallId, agent: &AgentId) {
-        let Some(&number) = self.call_refs.get(&call.0) else {
-            return;
-        };
         let Some(q) = self.queueing.as_deref_mut() else {
             return;
         };
-        let Some((&leg_number, _)) = q
-            .legs
-            .iter()
-            .find(|(_, l)| l.caller == number && &l.agent == agent && l.state == LegState::Whisper)
-        else {
+        let Some((&leg_number, leg)) = q.legs.iter().find(|(_, l)| {
+            &l.call == call
+                && &l.agent == agent
+                && l.state == LegState::Whisper
+                && matches!(l.kind, LegKind::Agent { .. })
+        }) else {
+            return;
+        };
+        let Some(number) = leg.caller else {
+            self.callback_connected(now, leg_number);
             return;
         };
         let category = q.queued.get(&number).and_then(|w| w.category.clone());
@@ -1211,7 +1352,7 @@ impl Engine {
         }
     }
 
-    fn bridge(&mut self, _now: Instant, leg_number: u64) {
+    pub(super) fn bridge(&mut self, _now: Instant, leg_number: u64) {
         let Some(q) = self.queueing.as_deref_mut() else {
             return;
         };
@@ -1219,8 +1360,17 @@ impl Engine {
             return;
         };
         leg.state = LegState::Bridged;
-        let (agent_ref, caller) = (leg.media_ref.clone(), leg.caller);
-        if let Some(caller_ref) = self.calls.get(&caller).map(|c| c.call_ref.clone()) {
+        let (agent_ref, caller, kind) = (leg.media_ref.clone(), leg.caller, leg.kind);
+        let other_ref = match kind {
+            LegKind::Agent {
+                resident: Some(resident),
+            } => q.legs.get_mut(&resident).map(|r| {
+                r.state = LegState::Bridged;
+                r.media_ref.clone()
+            }),
+            _ => caller.and_then(|c| self.calls.get(&c).map(|c| c.call_ref.clone())),
+        };
+        if let Some(caller_ref) = other_ref {
             self.outputs.push_back(Output::Media(MediaCommand::Bridge {
                 a: caller_ref,
                 b: agent_ref,
@@ -1237,6 +1387,15 @@ impl Engine {
         else {
             return false;
         };
+        let callback_leg = self.queueing.as_deref().is_some_and(|q| {
+            q.legs
+                .get(&leg_number)
+                .is_some_and(|l| l.caller.is_none() || matches!(l.kind, LegKind::Resident { .. }))
+        });
+        if callback_leg {
+            self.callback_leg_media(now, leg_number, event);
+            return true;
+        }
         match event {
             MediaEvent::PromptFinished { play_id } => {
                 let whisper_done = self.queueing.as_deref().is_some_and(|q| {
@@ -1282,50 +1441,62 @@ impl Engine {
             .and_then(|q| q.legs.get_mut(&leg_number))
         {
             leg.state = LegState::Ending; // no BYE back
+            if let LegKind::Resident { agent_leg } = leg.kind {
+                self.forget_leg(leg_number);
+                self.resident_hung_up(now, agent_leg);
+                return true;
+            }
         }
         self.agent_hung_up(now, leg_number, "agent_hangup");
         true
     }
 
     /// The agent side ended: the caller is hung up too and the router hears the call ended.
-    fn agent_hung_up(&mut self, now: Instant, leg_number: u64, reason: &str) {
+    pub(super) fn agent_hung_up(&mut self, now: Instant, leg_number: u64, reason: &str) {
         let Some(q) = self.queueing.as_deref_mut() else {
             return;
         };
         let Some(leg) = q.legs.get(&leg_number) else {
             return;
         };
-        let caller = leg.caller;
+        let (caller, call, kind) = (leg.caller, leg.call.clone(), leg.kind);
         let already_ending = leg.state == LegState::Ending;
         if !already_ending {
             self.send_leg_bye(now, leg_number);
         }
         self.forget_leg(leg_number);
-        if let Some(q) = self.queueing.as_deref_mut() {
-            q.queued.remove(&caller);
-        }
-        let call_ref = self.calls.get(&caller).map(|c| c.call_ref.clone());
-        if let (Some(q), Some(call_ref)) = (self.queueing.as_deref_mut(), call_ref) {
-            let ms = q.ms(now);
-            let _ = q.router.handle_input(
-                ms,
-                RouterInput::CallEnded {
-                    call: CallId(call_ref),
-                },
-            );
-        }
-        if self
-            .calls
-            .get(&caller)
-            .is_some_and(|c| c.state == CallState::Confirmed)
+        if let LegKind::Agent {
+            resident: Some(resident),
+        } = kind
         {
-            self.record_end_and_bye(now, caller, reason);
+            self.end_leg(now, resident);
+        }
+        if let Some(q) = self.queueing.as_deref_mut() {
+            if let Some(caller) = caller {
+                q.queued.remove(&caller);
+            }
+            let ms = q.ms(now);
+            let _ = q
+                .router
+                .handle_input(ms, RouterInput::CallEnded { call: call.clone() });
+        }
+        match caller {
+            Some(caller) => {
+                if self
+                    .calls
+                    .get(&caller)
+                    .is_some_and(|c| c.state == CallState::Confirmed)
+                {
+                    self.record_end_and_bye(now, caller, reason);
+                }
+            }
+            None => self.callback_agent_gone(now, &call, reason),
         }
         self.drain_router(now);
     }
 
     /// Ends an agent leg whatever its state: CANCEL while it rings, BYE once answered.
-    fn end_leg(&mut self, now: Instant, leg_number: u64) {
+    pub(super) fn end_leg(&mut self, now: Instant, leg_number: u64) {
         let Some(q) = self.queueing.as_deref_mut() else {
             return;
         };
@@ -1347,7 +1518,7 @@ impl Engine {
         }
     }
 
-    fn send_leg_bye(&mut self, now: Instant, leg_number: u64) {
+    pub(super) fn send_leg_bye(&mut self, now: Instant, leg_number: u64) {
         let Some(q) = self.queueing.as_deref_mut() else {
             return;
         };
@@ -1362,7 +1533,7 @@ impl Engine {
         self.transactions.send_request(now, peer, bye);
     }
 
-    fn forget_leg(&mut self, leg_number: u64) {
+    pub(super) fn forget_leg(&mut self, leg_number: u64) {
         let Some(q) = self.queueing.as_deref_mut() else {
             return;
         };

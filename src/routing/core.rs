@@ -146,6 +146,17 @@ pub enum RouterInput {
         attrs: CallerAttrs,
         priority: i32,
     },
+    /// A caller whose wait began at `joined_ms` (<= now) joins again: a callback retried or
+    /// restored after a restart. They are served in the order of that time (their place in
+    /// line), and the hold reported when they are connected counts from it; escalation and
+    /// max wait count from now, so a long-waiting callback is not thrown out at once.
+    CallerRejoin {
+        call: CallId,
+        queue: Option<QueueId>,
+        attrs: CallerAttrs,
+        priority: i32,
+        joined_ms: u64,
+    },
     /// The caller hung up: abandoned while waiting or ringing (the agent legs are cancelled),
     /// the end of the call when talking.
     CallerHangup {
@@ -845,7 +856,14 @@ impl Router {
                 queue,
                 attrs,
                 priority,
-            } => self.join(now, call, queue, attrs, priority),
+            } => self.join(now, call, queue, attrs, priority, now),
+            RouterInput::CallerRejoin {
+                call,
+                queue,
+                attrs,
+                priority,
+                joined_ms,
+            } => self.join(now, call, queue, attrs, priority, joined_ms.min(now)),
             RouterInput::CallerHangup { call } => {
                 let slot = self.call_slot(&call)?;
                 if matches!(self.call(slot).phase, Phase::Talking { .. }) {
@@ -958,6 +976,7 @@ impl Router {
         queue: Option<QueueId>,
         attrs: CallerAttrs,
         priority: i32,
+        joined_ms: u64,
     ) -> Result<(), RouterError> {
         if self.call_index.contains_key(&call) {
             return Err(RouterError::DuplicateCall(call));
@@ -982,7 +1001,7 @@ impl Router {
             queue: q,
             queue_id: self.rules.queues()[q].id.clone(),
             level: 0,
-            joined_ms: now,
+            joined_ms,
             queue_joined_ms: now,
             seq,
             phase: Phase::Waiting,

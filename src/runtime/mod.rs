@@ -226,6 +226,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mut engine_config = config.engine_config(instance);
     engine_config.flow = flow;
     engine_config.routing = load_routing(&config)?;
+    engine_config.callbacks = load_callbacks(&config, &sip_udp)?;
+    // Callbacks the store holds go back in line once the engine runs (below).
+    let pending_callbacks = match (&engine_config.callbacks, &engine_config.routing) {
+        (Some(_), Some(_)) => store
+            .callbacks_in(&["waiting", "dialing"])
+            .await
+            .context("reading pending callbacks")?,
+        _ => Vec::new(),
+    };
     let agent_ids = Arc::new(
         engine_config
             .routing
@@ -263,6 +272,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let server_log = log.clone();
     let reload = (!config.routing.queues.as_os_str().is_empty())
         .then(|| (inbound_tx.clone(), config.routing.queues.clone()));
+    if !pending_callbacks.is_empty() {
+        let restored = restored_callbacks(pending_callbacks, unix_ms_now());
+        tracing::info!(count = restored.len(), "callbacks restored from the store");
+        inbound_tx
+            .send(Input::RestoreCallbacks(restored))
+            .await
+            .context("engine channel")?;
+    }
+    let callback_writer = CallbackWriter::spawn(store.clone());
     let cases = CaseStore {
         store: store.clone(),
         answers: inbound_tx,
@@ -280,6 +298,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             media,
             cases,
             speech,
+            callback_writer,
         )
         .await;
         let _ = io_stop_tx.send(true);
@@ -432,6 +451,7 @@ async fn engine_loop(
     media: media::MediaHandle,
     cases: CaseStore,
     speech: speech::SpeechService,
+    callbacks: CallbackWriter,
 ) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let now = || tokio::time::Instant::now().into_std();
@@ -494,6 +514,7 @@ async fn engine_loop(
                     cases.lookup(call_ref, number, clock.unix_ms(now()))
                 }
                 Output::Utterance { call_ref, path, .. } => speech.submit(call_ref, path),
+                Output::SaveCallback(record) => callbacks.save(stored_callback(&clock, &record)),
             }
         }
         if last_health.elapsed() >= Duration::from_millis(100) || stopping_until.is_some() {
@@ -530,12 +551,159 @@ async fn engine_loop(
         }
     }
     while let Some(output) = engine.poll_output() {
-        if let Output::Record(event) = output {
-            log.append(stored_event(&clock, &event));
+        match output {
+            Output::Record(event) => {
+                log.append(stored_event(&clock, &event));
+            }
+            Output::SaveCallback(record) => callbacks.save(stored_callback(&clock, &record)),
+            _ => {}
         }
     }
+    callbacks.finish(grace).await;
     log.flush_with_timeout(grace).await;
     Ok(())
+}
+
+/// Callback rows written in the order the engine decided them (one writer task, so a later
+/// state never lands before an earlier one), each retried with a pause before it is reported
+/// as lost: a waiting callback that the store never heard of would not survive a restart.
+struct CallbackWriter {
+    rows: mpsc::UnboundedSender<store::StoredCallback>,
+    task: JoinHandle<()>,
+}
+
+impl CallbackWriter {
+    fn spawn(store: Store) -> CallbackWriter {
+        let (rows, mut pending) = mpsc::unbounded_channel::<store::StoredCallback>();
+        let task = tokio::spawn(async move {
+            while let Some(row) = pending.recv().await {
+                let mut delay = Duration::from_millis(100);
+                for attempt in 1..=6 {
+                    match store.upsert_callback(&row).await {
+                        Ok(()) => break,
+                        Err(error) if attempt == 6 => {
+                            tracing::error!(%error, call_ref = %row.call_ref, state = %row.state,
+                                "callback state NOT stored after 6 attempts: it will not survive a restart");
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, attempt, "storing a callback failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                    }
+                }
+            }
+        });
+        CallbackWriter { rows, task }
+    }
+
+    fn save(&self, row: store::StoredCallback) {
+        if self.rows.send(row).is_err() {
+            tracing::error!("callback writer stopped: a callback state was not stored");
+        }
+    }
+
+    /// Writes what is queued (at most `limit`), then stops.
+    async fn finish(self, limit: Duration) {
+        drop(self.rows);
+        if tokio::time::timeout(limit.max(Duration::from_secs(2)), self.task)
+            .await
+            .is_err()
+        {
+            tracing::error!("callback states still unwritten at shutdown");
+        }
+    }
+}
+
+fn stored_callback(
+    clock: &WallClock,
+    record: &crate::engine::CallbackRecord,
+) -> store::StoredCallback {
+    let at_ms = clock.unix_ms(record.at);
+    store::StoredCallback {
+        call_ref: record.call_ref.clone(),
+        number: record.number.clone(),
+        language: record.language.clone(),
+        queue: record.queue.clone(),
+        attrs: serde_json::to_string(&record.attrs).unwrap_or_else(|_| "{}".into()),
+        priority: record.priority,
+        state: record.state.to_string(),
+        attempts: record.attempts as i32,
+        last_result: record.last_result.clone(),
+        joined_at_ms: at_ms - record.waited.as_millis() as i64,
+        updated_at_ms: at_ms,
+    }
+}
+
+/// Stored callbacks as the engine takes them back, their waits counted to `now_ms`.
+fn restored_callbacks(
+    rows: Vec<store::StoredCallback>,
+    now_ms: i64,
+) -> Vec<crate::engine::RestoredCallback> {
+    rows.into_iter()
+        .map(|r| crate::engine::RestoredCallback {
+            attrs: serde_json::from_str(&r.attrs).unwrap_or_default(),
+            waited: Duration::from_millis(now_ms.saturating_sub(r.joined_at_ms).max(0) as u64),
+            call_ref: r.call_ref,
+            number: r.number,
+            language: r.language,
+            queue: r.queue,
+            priority: r.priority,
+            attempts: r.attempts.max(0) as u32,
+        })
+        .collect()
+}
+
+/// Checks `[callbacks]`: the gateway must be `sip:IP:PORT` (no DNS lookups in the call path)
+/// and every dial pattern must parse; empty gateway or no queues turns callbacks off.
+fn load_callbacks(
+    config: &Config,
+    sip_udp: &[SocketAddr],
+) -> anyhow::Result<Option<Arc<crate::engine::CallbackSetup>>> {
+    let c = &config.callbacks;
+    if c.gateway.is_empty() || config.routing.queues.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let uri = crate::sip::headers::SipUri::parse(&c.gateway)
+        .map_err(|e| anyhow::anyhow!("[callbacks] gateway {:?}: {e}", c.gateway))?;
+    let ip: std::net::IpAddr = uri
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "[callbacks] gateway {:?}: the host must be an IP address",
+                c.gateway
+            )
+        })?;
+    let remote = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+    let local = sip_udp
+        .iter()
+        .find(|a| a.is_ipv4() == remote.is_ipv4())
+        .copied()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "[callbacks] gateway {remote}: no SIP UDP socket of that address family"
+            )
+        })?;
+    let key = match c.key.chars().collect::<Vec<_>>()[..] {
+        [k] if k.is_ascii_digit() || k == '*' || k == '#' => k,
+        _ => anyhow::bail!("[callbacks] key {:?}: one DTMF key (0-9, * or #)", c.key),
+    };
+    let dial_plan = crate::engine::DialPlan::new(&c.allowed, &c.denied)
+        .map_err(|e| anyhow::anyhow!("[callbacks] {e}"))?;
+    Ok(Some(Arc::new(crate::engine::CallbackSetup {
+        gateway: crate::sip::transport::Peer::udp(local, remote),
+        gateway_host: crate::engine::host_port(remote),
+        offer_after: Duration::from_secs(c.offer_after_s),
+        key,
+        dial_plan,
+        max_attempts: c.max_attempts.max(1),
+        retry_after: Duration::from_secs(c.retry_after_s),
+        ring_timeout: Duration::from_secs(c.ring_timeout_s.max(1)),
+        give_up_after: Duration::from_secs(c.give_up_after_s),
+    })))
 }
 
 /// Case store work off the engine task: each request runs as its own task and answers through

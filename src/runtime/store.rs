@@ -80,6 +80,23 @@ pub struct DraftRow {
     pub outcome: String,
 }
 
+/// A callback as stored (`migrations/*/0010_callbacks.sql`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredCallback {
+    pub call_ref: String,
+    pub number: String,
+    pub language: String,
+    pub queue: Option<String>,
+    /// The caller's routing attributes as JSON.
+    pub attrs: String,
+    pub priority: i32,
+    pub state: String,
+    pub attempts: i32,
+    pub last_result: Option<String>,
+    pub joined_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Copies a recording's draft into its case(s); `$1` is the case number or the audio path.
 const FILL_CASE_FROM_DRAFT: &str = "UPDATE cases SET \
     category = (SELECT t.category FROM transcripts t WHERE t.audio_path = cases.audio_path), \
@@ -327,6 +344,74 @@ impl Store {
         self.find_case(&number)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Stores a callback's state, replacing the row it had.
+    pub async fn upsert_callback(&self, row: &StoredCallback) -> Result<(), StoreError> {
+        let sql = "INSERT INTO callbacks (call_ref, number, language, queue, attrs, priority, state, attempts, last_result, joined_at_ms, updated_at_ms) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            ON CONFLICT (call_ref) DO UPDATE SET number = excluded.number, language = excluded.language, \
+            queue = excluded.queue, attrs = excluded.attrs, priority = excluded.priority, state = excluded.state, \
+            attempts = excluded.attempts, last_result = excluded.last_result, \
+            joined_at_ms = excluded.joined_at_ms, updated_at_ms = excluded.updated_at_ms";
+        macro_rules! upsert {
+            ($pool:expr) => {{
+                sqlx::query(sql)
+                    .bind(&row.call_ref)
+                    .bind(&row.number)
+                    .bind(&row.language)
+                    .bind(&row.queue)
+                    .bind(&row.attrs)
+                    .bind(row.priority)
+                    .bind(&row.state)
+                    .bind(row.attempts)
+                    .bind(&row.last_result)
+                    .bind(row.joined_at_ms)
+                    .bind(row.updated_at_ms)
+                    .execute($pool)
+                    .await?;
+            }};
+        }
+        match self {
+            Store::Sqlite(pool) => upsert!(pool),
+            Store::Postgres(pool) => upsert!(pool),
+        };
+        Ok(())
+    }
+
+    /// Callbacks in `states` (e.g. waiting and dialing: the ones to put back in line at start).
+    pub async fn callbacks_in(&self, states: &[&str]) -> Result<Vec<StoredCallback>, StoreError> {
+        let sql = "SELECT call_ref, number, language, queue, attrs, priority, state, attempts, last_result, joined_at_ms, updated_at_ms FROM callbacks ORDER BY joined_at_ms";
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                let rows = sqlx::query(sql).fetch_all($pool).await?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let state: String = r.try_get("state")?;
+                    if !states.contains(&state.as_str()) {
+                        continue;
+                    }
+                    out.push(StoredCallback {
+                        call_ref: r.try_get("call_ref")?,
+                        number: r.try_get("number")?,
+                        language: r.try_get("language")?,
+                        queue: r.try_get("queue")?,
+                        attrs: r.try_get("attrs")?,
+                        priority: r.try_get("priority")?,
+                        state,
+                        attempts: r.try_get("attempts")?,
+                        last_result: r.try_get("last_result")?,
+                        joined_at_ms: r.try_get("joined_at_ms")?,
+                        updated_at_ms: r.try_get("updated_at_ms")?,
+                    });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => fetch!(pool),
+            Store::Postgres(pool) => fetch!(pool),
+        })
     }
 
     /// Stores (or replaces) a recording's draft, then fills the case made from that recording
