@@ -46,6 +46,30 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// Replays the recorded calls of a period through the routing core under proposed rules
+    /// (a directory with queues.toml and agents.toml) and prints predicted service level,
+    /// speed of answer, abandonment and longest wait per queue beside what happened.
+    Simulate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The proposed rules: a directory with queues.toml and agents.toml.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Start (UTC `2026-11-27`, `2026-11-27T08:00`, or unix ms).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
+        /// Seed for the patience of callers whose patience the log cannot show.
+        #[arg(long, default_value_t = 311)]
+        seed: u64,
+        /// The report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that need no server.
     Bench {
         #[command(subcommand)]
@@ -243,8 +267,81 @@ fn main() -> anyhow::Result<()> {
                         render_table(&report)
                     }
                 );
+                if !csv {
+                    let callbacks =
+                        civicline::runtime::report::callback_summary(&store, from_ms, to_ms)
+                            .await?;
+                    print!("\n{}", callbacks.render());
+                }
                 anyhow::Ok(())
             })
+        }
+        Command::Simulate {
+            config,
+            data_dir,
+            rules,
+            from,
+            to,
+            seed,
+            json,
+        } => {
+            use civicline::routing::simulate::{self, SimulationInput, SimulationOptions};
+            let cfg = load(config, data_dir)?;
+            let time = |text: &str| {
+                civicline::runtime::report::parse_time(text)
+                    .with_context(|| format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)"))
+            };
+            let (from_ms, to_ms) = (time(&from)?, time(&to)?);
+            let proposed = civicline::routing::rules::Rules::load(&rules.join("queues.toml"))?;
+            let agents =
+                civicline::routing::rules::load_agents(&rules.join("agents.toml"), &proposed)?;
+            let running = if cfg.routing.queues.as_os_str().is_empty() {
+                None
+            } else {
+                civicline::routing::rules::Rules::load(&cfg.routing.queues).ok()
+            };
+            let options = SimulationOptions {
+                seed,
+                ..SimulationOptions::default()
+            };
+            let events = runtime()?.block_on(async {
+                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
+                // The warm-up before `from`, and an hour after `to` for the talk times of
+                // calls answered near the end.
+                let read_from = from_ms - options.warmup_ms as i64;
+                anyhow::Ok(
+                    civicline::runtime::report::queue_events(&store, read_from, to_ms + 3_600_000)
+                        .await?,
+                )
+            })?;
+            let input = SimulationInput {
+                events: &events,
+                from_ms: from_ms.max(0) as u64,
+                to_ms: to_ms.max(0) as u64,
+                rules: &proposed,
+                agents: &agents,
+                actual_rules: running.as_ref(),
+            };
+            let mut drawn = 0;
+            let mut progress = |done: usize, total: usize| {
+                // A 40-column bar on stderr, so the table on stdout stays clean.
+                let width = if total == 0 { 40 } else { done * 40 / total };
+                if width != drawn || done == total {
+                    drawn = width;
+                    eprint!(
+                        "\rreplaying [{:<40}] {done}/{total} arrivals",
+                        "#".repeat(width)
+                    );
+                }
+            };
+            let report = simulate::simulate(&input, &options, &mut progress)?;
+            eprintln!();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", simulate::render_table(&report));
+            }
+            Ok(())
         }
         Command::Events {
             config,

@@ -68,9 +68,7 @@ impl DialPattern {
         while let Some(c) = chars.next() {
             let set = |range: std::ops::RangeInclusive<usize>| {
                 let mut s = [false; 10];
-                for d in range {
-                    s[d] = true;
-                }
+                s[range].iter_mut().for_each(|d| *d = true);
                 s
             };
             let item = match c.to_ascii_uppercase() {
@@ -109,9 +107,7 @@ impl DialPattern {
                                 if to < from {
                                     return Err(bad("a range in [] must go upwards"));
                                 }
-                                for d in from..=to {
-                                    s[d] = true;
-                                }
+                                s[from..=to].iter_mut().for_each(|d| *d = true);
                             }
                             _ => return Err(bad("only digits and ranges go inside []")),
                         }

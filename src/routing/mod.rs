@@ -4,3 +4,4 @@
 pub mod core;
 pub mod metrics;
 pub mod rules;
+pub mod simulate;

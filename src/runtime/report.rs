@@ -24,6 +24,22 @@ pub async fn queue_report(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Report, ReportError> {
+    let events = queue_events(store, from_ms, to_ms).await?;
+    let options = rules.map(ReportOptions::from_rules).unwrap_or_default();
+    Ok(compute(
+        &events,
+        from_ms.max(0) as u64,
+        to_ms.max(0) as u64,
+        &options,
+    ))
+}
+
+/// The routing core's queue events of `[from_ms, to_ms)` as logged, on the log's clock.
+pub async fn queue_events(
+    store: &Store,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<QueueEvent>, ReportError> {
     let rows = store.events_of_kind("queue", from_ms, to_ms).await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
@@ -37,13 +53,57 @@ pub async fn queue_report(
         event.at_ms = row.occurred_at_ms.max(0) as u64;
         events.push(event);
     }
-    let options = rules.map(ReportOptions::from_rules).unwrap_or_default();
-    Ok(compute(
-        &events,
-        from_ms.max(0) as u64,
-        to_ms.max(0) as u64,
-        &options,
-    ))
+    Ok(events)
+}
+
+/// Callbacks over a period, from their `callback` events: what residents asked for and what
+/// became of it (a callback that used up its attempts shows as failed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallbackSummary {
+    pub requested: u64,
+    pub refused_numbers: u64,
+    pub attempts: u64,
+    pub attempts_failed: u64,
+    pub connected: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+pub async fn callback_summary(
+    store: &Store,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<CallbackSummary, ReportError> {
+    let mut summary = CallbackSummary::default();
+    for row in store.events_of_kind("callback", from_ms, to_ms).await? {
+        match row.reason.as_deref() {
+            Some("requested") => summary.requested += 1,
+            Some("refused") => summary.refused_numbers += 1,
+            Some("dialing") => summary.attempts += 1,
+            Some("attempt_failed") => summary.attempts_failed += 1,
+            Some("connected") => summary.connected += 1,
+            Some("completed") => summary.completed += 1,
+            Some("failed") => summary.failed += 1,
+            _ => {}
+        }
+    }
+    Ok(summary)
+}
+
+impl CallbackSummary {
+    pub fn render(&self) -> String {
+        format!(
+            "Callbacks: {} requested, {} numbers refused by the dial plan, {} calls to residents \
+             ({} unanswered or failed), {} connected, {} completed, {} given up after all attempts\n",
+            self.requested,
+            self.refused_numbers,
+            self.attempts,
+            self.attempts_failed,
+            self.connected,
+            self.completed,
+            self.failed
+        )
+    }
 }
 
 /// `2026-11-27`, `2026-11-27T08:15`, `2026-11-27T08:15:30` (UTC) or unix milliseconds.

@@ -292,3 +292,8 @@ pub async fn events(server: &TestServer) -> Vec<civicline::runtime::store::Event
     server.server.flush_events().await;
     server.server.store.events(None, 10_000).await.unwrap()
 }
+
+/// Wall-clock Unix milliseconds, to compare with the event log's `occurred_at_ms`.
+pub fn unix_ms() -> i64 {
+    civicline::runtime::unix_ms_now()
+}
