@@ -58,6 +58,15 @@ enum Command {
         #[arg(long, default_value = "civicline")]
         realm: String,
     },
+    /// Print a fresh API token and the line for `[api] tokens` (only its hash is kept). ROLE is
+    /// read_only, agent or manager; with --open311 a GeoReport api_key and its `[open311]` line.
+    ApiToken {
+        name: String,
+        #[arg(required_unless_present = "open311")]
+        role: Option<String>,
+        #[arg(long)]
+        open311: bool,
+    },
     /// Speech model tools.
     Model {
         #[command(subcommand)]
@@ -198,6 +207,32 @@ fn main() -> anyhow::Result<()> {
                 ha1(Algorithm::Md5, &user, &realm, &password),
                 ha1(Algorithm::Sha256, &user, &realm, &password)
             );
+            Ok(())
+        }
+        Command::ApiToken {
+            name,
+            role,
+            open311,
+        } => {
+            use civicline::runtime::api::auth::{hex, new_token, sha256};
+            if name.is_empty() || name.contains(['"', '\\']) {
+                anyhow::bail!("NAME must be non-empty, without quotes or backslashes");
+            }
+            let token = new_token();
+            let hash = hex(&sha256(token.as_bytes()));
+            if open311 {
+                println!("api_key: {token}");
+                println!("[[open311.api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"");
+            } else {
+                let role = role.unwrap_or_default();
+                if !["read_only", "agent", "manager"].contains(&role.as_str()) {
+                    anyhow::bail!("ROLE is read_only, agent or manager, not {role:?}");
+                }
+                println!("token: {token}");
+                println!(
+                    "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\""
+                );
+            }
             Ok(())
         }
         Command::Report {

@@ -5,6 +5,7 @@
 //! the calls (one UAS dialog each), the RTP port pool's bookkeeping and the events to record. It
 //! never touches a socket, a thread, a clock or the database: `runtime/` does that.
 
+pub mod live;
 mod queueing;
 pub use queueing::RoutingSetup;
 

@@ -24,6 +24,17 @@ pub async fn queue_report(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Report, ReportError> {
+    let options = rules.map(ReportOptions::from_rules).unwrap_or_default();
+    queue_report_with(store, &options, from_ms, to_ms).await
+}
+
+/// [`queue_report`] with the options given (the live view knows the service levels in force).
+pub async fn queue_report_with(
+    store: &Store,
+    options: &ReportOptions,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Report, ReportError> {
     let rows = store.events_of_kind("queue", from_ms, to_ms).await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
@@ -37,12 +48,11 @@ pub async fn queue_report(
         event.at_ms = row.occurred_at_ms.max(0) as u64;
         events.push(event);
     }
-    let options = rules.map(ReportOptions::from_rules).unwrap_or_default();
     Ok(compute(
         &events,
         from_ms.max(0) as u64,
         to_ms.max(0) as u64,
-        &options,
+        options,
     ))
 }
 
