@@ -261,10 +261,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     let open311 = api::open311::Open311::load(&config.speech.categories, &config.open311.api_keys)?;
     let metrics = Arc::new(api::prometheus::Metrics::default());
-    let (engine_live_tx, engine_live_rx) = watch::channel(Arc::new(
-        engine.live_snapshot(tokio::time::Instant::now().into_std()),
-    ));
-    let (live_tx, live_rx) = watch::channel(Arc::new(api::live::Published::default()));
+    let first_view = engine.live_snapshot(tokio::time::Instant::now().into_std());
+    let first = api::live::first(&first_view, unix_ms_now());
+    let (live_tx, live_rx) = watch::channel(Arc::new(first));
+    let (engine_live_tx, engine_live_rx) = watch::channel(Arc::new(first_view));
     tokio::spawn(api::live::publish(engine_live_rx, live_tx, store.clone()));
     let api_state = api::ApiState {
         health: health.clone(),

@@ -115,7 +115,9 @@ fn field(text: &str) -> String {
 
 /// `***4567`: enough to tell calls apart, not enough to call back.
 pub fn mask_caller(caller: &str) -> String {
-    let digits: Vec<char> = caller.chars().filter(char::is_ascii_digit).collect();
+    // The user part of a URI (`sip:5551234567@host`), not the host's digits.
+    let user = caller.split('@').next().unwrap_or(caller);
+    let digits: Vec<char> = user.chars().filter(char::is_ascii_digit).collect();
     if digits.len() <= 4 {
         return "***".into();
     }
@@ -262,6 +264,7 @@ mod tests {
     fn callers_are_masked_and_fields_quoted() {
         assert_eq!(mask_caller("sip:5551234567@host"), "***4567");
         assert_eq!(mask_caller("123"), "***");
+        assert_eq!(mask_caller("5551234567"), "***4567");
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }

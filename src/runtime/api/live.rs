@@ -126,6 +126,14 @@ pub async fn publish(
     }
 }
 
+/// The first snapshot, from the engine as it starts (today's figures follow within 500 ms), so
+/// the API never serves an empty one.
+pub fn first(view: &EngineLive, now_ms: i64) -> Published {
+    let snapshot = build(view, &mut HashMap::new(), &HashMap::new(), now_ms, now_ms);
+    let json = serde_json::to_string(&snapshot).unwrap_or_default();
+    Published { snapshot, json }
+}
+
 fn build(
     view: &EngineLive,
     since: &mut HashMap<String, (String, i64)>,
