@@ -286,16 +286,16 @@ pub async fn requests(State(state): State<ApiState>, uri: Uri) -> Response {
                 format!("status is open or closed (comma list), not {bad:?}"),
             );
         }
+        // Errors as descriptions; the GeoReport answer is made once below.
         let date = |name: &str| match params.get(name) {
             None => Ok(None),
-            Some(text) => parse_datetime(text).map(Some).ok_or(error(
-                StatusCode::BAD_REQUEST,
-                format!("{name} must be a W3C date-time such as 2010-01-01T00:00:00Z"),
+            Some(text) => parse_datetime(text).map(Some).ok_or(format!(
+                "{name} must be a W3C date-time such as 2010-01-01T00:00:00Z"
             )),
         };
         let (start, end) = match (date("start_date"), date("end_date")) {
             (Ok(s), Ok(e)) => (s, e),
-            (Err(r), _) | (_, Err(r)) => return r,
+            (Err(r), _) | (_, Err(r)) => return error(StatusCode::BAD_REQUEST, r),
         };
         let (start, end) = match (start, end) {
             (Some(s), Some(e)) => (s, e),
@@ -393,21 +393,18 @@ pub async fn create(
         );
     };
     let number =
-        |name: &str, range: std::ops::RangeInclusive<f64>| -> Result<Option<f64>, Response> {
+        |name: &str, range: std::ops::RangeInclusive<f64>| -> Result<Option<f64>, String> {
             match form.get(name).filter(|v| !v.is_empty()) {
                 None => Ok(None),
                 Some(text) => match text.trim().parse::<f64>() {
                     Ok(v) if range.contains(&v) => Ok(Some(v)),
-                    _ => Err(error(
-                        StatusCode::BAD_REQUEST,
-                        format!("{name} must be a number in {range:?}"),
-                    )),
+                    _ => Err(format!("{name} must be a number in {range:?}")),
                 },
             }
         };
     let (lat, lon) = match (number("lat", -90.0..=90.0), number("long", -180.0..=180.0)) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return error(StatusCode::BAD_REQUEST, r),
     };
     if lat.is_some() != lon.is_some() {
         return error(
