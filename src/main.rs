@@ -72,6 +72,22 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// CSV of call records (`calls`) or queue events (`queue-events`) in a date range, to
+    /// stdout: the same files as `GET /api/v1/export/*.csv`.
+    Export {
+        /// calls or queue-events
+        what: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Start (UTC `2026-11-27`, `2026-11-27T08:00`, or unix ms).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
+    },
     /// Print the newest call events from the event log.
     Events {
         #[arg(long)]
@@ -279,6 +295,35 @@ fn main() -> anyhow::Result<()> {
                     }
                 );
                 anyhow::Ok(())
+            })
+        }
+        Command::Export {
+            what,
+            config,
+            data_dir,
+            from,
+            to,
+        } => {
+            use civicline::runtime::api::export::{calls_csv_text, queue_events_csv_text};
+            let cfg = load(config, data_dir)?;
+            let time = |text: &str| {
+                civicline::runtime::report::parse_time(text)
+                    .with_context(|| format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)"))
+            };
+            let (from, to) = (time(&from)?, time(&to)?);
+            runtime()?.block_on(async {
+                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
+                let text = match what.as_str() {
+                    "calls" => {
+                        calls_csv_text(&store.events_between(None, Some("queue"), from, to).await?)
+                    }
+                    "queue-events" => queue_events_csv_text(
+                        &store.events_between(Some("queue"), None, from, to).await?,
+                    ),
+                    other => anyhow::bail!("export calls or queue-events, not {other:?}"),
+                };
+                print!("{text}");
+                Ok(())
             })
         }
         Command::Events {

@@ -13,6 +13,7 @@ use super::{ApiError, ApiState, RangeQuery};
 use crate::routing::metrics::{QueueStats, Report, ReportOptions};
 use crate::routing::rules::QueueId;
 use crate::runtime::report::queue_report_with;
+use crate::runtime::store::EventRow;
 
 fn range(
     query: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
@@ -155,6 +156,27 @@ pub async fn calls_csv(
         .store
         .events_between(None, Some("queue"), from, to)
         .await?;
+    Ok(csv_response("calls.csv", calls_csv_text(&rows)))
+}
+
+/// `GET /api/v1/export/queue_events.csv?from=&to=`: the router's queue events, one per line.
+pub async fn queue_events_csv(
+    State(state): State<ApiState>,
+    query: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (from, to) = range(query)?;
+    let rows = state
+        .store
+        .events_between(Some("queue"), None, from, to)
+        .await?;
+    Ok(csv_response(
+        "queue_events.csv",
+        queue_events_csv_text(&rows),
+    ))
+}
+
+/// The call records CSV (also `civicline export calls`).
+pub fn calls_csv_text(rows: &[EventRow]) -> String {
     let mut out = String::from(
         "seq,occurred_at_ms,occurred_at_utc,call_ref,sip_call_id,kind,status_code,reason,duration_ms,caller,detail\n",
     );
@@ -175,19 +197,11 @@ pub async fn calls_csv(
             field(e.detail.as_deref().unwrap_or("")),
         ));
     }
-    Ok(csv_response("calls.csv", out))
+    out
 }
 
-/// `GET /api/v1/export/queue_events.csv?from=&to=`: the router's queue events, one per line.
-pub async fn queue_events_csv(
-    State(state): State<ApiState>,
-    query: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let (from, to) = range(query)?;
-    let rows = state
-        .store
-        .events_between(Some("queue"), None, from, to)
-        .await?;
+/// The queue events CSV (also `civicline export queue-events`).
+pub fn queue_events_csv_text(rows: &[EventRow]) -> String {
     let mut out = String::from(
         "seq,occurred_at_ms,occurred_at_utc,event,call_ref,queue,agent,to_queue,state,hold_ms,talk_ms,wrapup_ms,priority\n",
     );
@@ -220,7 +234,7 @@ pub async fn queue_events_csv(
             text("priority"),
         ));
     }
-    Ok(csv_response("queue_events.csv", out))
+    out
 }
 
 /// Unix ms as `2026-11-27T08:15:30.123Z`.
