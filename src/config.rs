@@ -36,6 +36,8 @@ pub struct Config {
     pub speech: SpeechConfig,
     pub routing: RoutingConfig,
     pub callbacks: CallbackConfig,
+    pub api: ApiConfig,
+    pub open311: Open311Config,
 }
 
 /// Callbacks that keep a waiting caller's place (`src/engine/callback.rs`).
@@ -90,6 +92,81 @@ impl Default for CallbackConfig {
             give_up_after_s: 4 * 3600,
         }
     }
+}
+
+/// Who may use the HTTP API. Tokens are stored as SHA-256 hashes (`civicline api-token` prints a
+/// fresh token and its line); with none configured every API request is answered 401.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub tokens: Vec<ApiToken>,
+    /// Request bodies larger than this are refused with 413 (rule sets have their own limit).
+    pub max_body_bytes: usize,
+    /// Limit for `POST /api/v1/rules` and `/rules/validate` bodies.
+    pub max_rules_bytes: usize,
+    /// Serve Prometheus `GET /metrics` without a token (for a scraper on a private network);
+    /// false asks for a read-only token like the rest of the API.
+    pub metrics_without_token: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            max_rules_bytes: 1024 * 1024,
+            metrics_without_token: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it: recorded with every change they make.
+    pub name: String,
+    pub role: ApiRole,
+    /// Lowercase hex SHA-256 of the token (the token itself is never stored).
+    pub token_sha256: String,
+}
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiRole {
+    /// Reads live state, queues, agents, cases, metrics and exports.
+    ReadOnly,
+    /// Also sets agents ready / not ready.
+    Agent,
+    /// Everything: cases, routing rules.
+    Manager,
+}
+
+impl ApiRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::ReadOnly => "read_only",
+            ApiRole::Agent => "agent",
+            ApiRole::Manager => "manager",
+        }
+    }
+}
+
+/// Open311 GeoReport v2 (`/open311/v2/...`): reading is public, as the spec intends; creating a
+/// request needs one of these keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Open311Config {
+    pub api_keys: Vec<Open311Key>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Open311Key {
+    /// Who holds the key (cases they create record `open311:<name>`).
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub key_sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

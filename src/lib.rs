@@ -9,7 +9,8 @@
 //! - [`events`]: the call events every metric derives from.
 //! - [`config`]: the TOML configuration, every key defaulted.
 //! - [`runtime`]: tokio glue — UDP/TCP sockets, the RTP port pool, the event-log writer and
-//!   its sqlx store (SQLite or PostgreSQL), the HTTP endpoint, graceful shutdown.
+//!   its sqlx store (SQLite or PostgreSQL), the HTTP API (`runtime::api`: tokens, live state
+//!   and SSE, cases, rules, exports, Prometheus, Open311), graceful shutdown.
 //!
 //! No I/O and no clock outside `runtime/`: time is an argument, so tests drive it.
 //!

@@ -82,10 +82,35 @@ enum Command {
         #[arg(long, default_value = "civicline")]
         realm: String,
     },
+    /// Print a fresh API token and the line for `[api] tokens` (only its hash is kept). ROLE is
+    /// read_only, agent or manager; with --open311 a GeoReport api_key and its `[open311]` line.
+    ApiToken {
+        name: String,
+        #[arg(required_unless_present = "open311")]
+        role: Option<String>,
+        #[arg(long)]
+        open311: bool,
+    },
     /// Speech model tools.
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// CSV of call records (`calls`) or queue events (`queue-events`) in a date range, to
+    /// stdout: the same files as `GET /api/v1/export/*.csv`.
+    Export {
+        /// calls or queue-events
+        what: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Start (UTC `2026-11-27`, `2026-11-27T08:00`, or unix ms).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
     },
     /// Print the newest call events from the event log.
     Events {
@@ -224,6 +249,32 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::ApiToken {
+            name,
+            role,
+            open311,
+        } => {
+            use civicline::runtime::api::auth::{hex, new_token, sha256};
+            if name.is_empty() || name.contains(['"', '\\']) {
+                anyhow::bail!("NAME must be non-empty, without quotes or backslashes");
+            }
+            let token = new_token();
+            let hash = hex(&sha256(token.as_bytes()));
+            if open311 {
+                println!("api_key: {token}");
+                println!("[[open311.api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"");
+            } else {
+                let role = role.unwrap_or_default();
+                if !["read_only", "agent", "manager"].contains(&role.as_str()) {
+                    anyhow::bail!("ROLE is read_only, agent or manager, not {role:?}");
+                }
+                println!("token: {token}");
+                println!(
+                    "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\""
+                );
+            }
+            Ok(())
+        }
         Command::Report {
             config,
             data_dir,
@@ -276,6 +327,35 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Command::Export {
+            what,
+            config,
+            data_dir,
+            from,
+            to,
+        } => {
+            use civicline::runtime::api::export::{calls_csv_text, queue_events_csv_text};
+            let cfg = load(config, data_dir)?;
+            let time = |text: &str| {
+                civicline::runtime::report::parse_time(text)
+                    .with_context(|| format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)"))
+            };
+            let (from, to) = (time(&from)?, time(&to)?);
+            runtime()?.block_on(async {
+                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
+                let text = match what.as_str() {
+                    "calls" => {
+                        calls_csv_text(&store.events_between(None, Some("queue"), from, to).await?)
+                    }
+                    "queue-events" => queue_events_csv_text(
+                        &store.events_between(Some("queue"), None, from, to).await?,
+                    ),
+                    other => anyhow::bail!("export calls or queue-events, not {other:?}"),
+                };
+                print!("{text}");
+                Ok(())
+            })
+        }
         Command::Simulate {
             config,
             data_dir,
@@ -325,7 +405,7 @@ fn main() -> anyhow::Result<()> {
             let mut drawn = 0;
             let mut progress = |done: usize, total: usize| {
                 // A 40-column bar on stderr, so the table on stdout stays clean.
-                let width = if total == 0 { 40 } else { done * 40 / total };
+                let width = (done * 40).checked_div(total).unwrap_or(40);
                 if width != drawn || done == total {
                     drawn = width;
                     eprint!(

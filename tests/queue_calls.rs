@@ -449,7 +449,7 @@ async fn http_post(server: &common::TestServer, path: &str, body: &str) -> (u16,
         .await
         .unwrap();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     http.write_all(request.as_bytes()).await.unwrap();
@@ -459,9 +459,21 @@ async fn http_post(server: &common::TestServer, path: &str, body: &str) -> (u16,
     (status, response)
 }
 
+/// A manager token for the API tests here (tests/api.rs covers the tokens themselves).
+const API_TOKEN: &str = "queue-calls-manager";
+
 #[tokio::test]
 async fn agents_go_not_ready_and_ready_through_the_http_api() {
-    let server = common::start_with(with_queues(&["SHA-256", "MD5"])).await;
+    let queues = with_queues(&["SHA-256", "MD5"]);
+    let server = common::start_with(|c| {
+        queues(c);
+        c.api.tokens = vec![civicline::config::ApiToken {
+            name: "supervisor".into(),
+            role: civicline::config::ApiRole::Manager,
+            token_sha256: hex(&Sha256::digest(API_TOKEN.as_bytes())),
+        }];
+    })
+    .await;
     let target = server.server.sip_udp[0];
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let first = register(&socket, target, "1002", 1, None).await;
@@ -488,8 +500,9 @@ async fn agents_go_not_ready_and_ready_through_the_http_api() {
     )
     .await;
     assert_eq!(status, 404);
+    // Well-formed JSON with a bad value names the field (422); malformed JSON is 400.
     let (status, _) = http_post(&server, path, r#"{"state":"asleep"}"#).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 422);
     let (status, _) = http_post(&server, path, "not json").await;
     assert_eq!(status, 400);
 

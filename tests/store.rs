@@ -185,6 +185,164 @@ async fn cases_get_unique_numbers_and_are_found_again(backend: &str) {
     store.close().await;
 }
 
+/// The API's queries on both backends: filters as bound lists, ages, history written with
+/// each change, cases from outside a call, rules versions, event ranges.
+async fn api_queries_agree_on_both_backends(backend: &str) {
+    use civicline::runtime::store::{CaseFilter, NewCase};
+    let (url, _dir) = database_url(backend).await;
+    let store = Store::connect(&url).await.unwrap();
+    let now = 1_790_000_000_000i64;
+    let day = 86_400_000;
+    let old = store
+        .create_case("c-old", None, now - 100 * day)
+        .await
+        .unwrap();
+    let web = store
+        .create_case_from(
+            &NewCase {
+                category: "pothole".into(),
+                department: Some("Streets".into()),
+                address: Some("1 Main St".into()),
+                description: None,
+                lat: Some(41.5),
+                lon: Some(-87.5),
+            },
+            "open311:web",
+            now - day,
+        )
+        .await
+        .unwrap();
+    assert_eq!(web.lat, Some(41.5));
+    let changed = store
+        .change_case(
+            &old.case_number,
+            Some("closed"),
+            Some("Water"),
+            "token:alice",
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (changed.status.as_str(), changed.department.as_deref()),
+        ("closed", Some("Water"))
+    );
+    assert!(store
+        .change_case("42", Some("closed"), None, "x", now)
+        .await
+        .unwrap()
+        .is_none());
+    let history = store.case_history(&old.case_number).await.unwrap();
+    let actions: Vec<&str> = history.iter().map(|h| h.action.as_str()).collect();
+    assert_eq!(actions, ["created", "status", "department"]);
+    assert_eq!(history[1].by, "token:alice");
+    assert_eq!(
+        store.case_history(&web.case_number).await.unwrap()[0].by,
+        "open311:web"
+    );
+
+    let filter = |f: CaseFilter| CaseFilter { limit: 100, ..f };
+    let (total, cases) = store
+        .list_cases(&filter(CaseFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!((total, cases.len()), (2, 2));
+    let (total, _) = store
+        .list_cases(&filter(CaseFilter {
+            statuses: vec!["open".into(), "closed".into()],
+            departments: vec!["Water".into(), "' OR 1=1 --".into()],
+            ..CaseFilter::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(total, 1);
+    let (total, cases) = store
+        .list_cases(&filter(CaseFilter {
+            created_before_ms: Some(now - 90 * day),
+            ..CaseFilter::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        (total, cases[0].case_number.as_str()),
+        (1, old.case_number.as_str())
+    );
+    let (total, cases) = store
+        .list_cases(&CaseFilter {
+            limit: 1,
+            offset: 1,
+            newest_first: true,
+            ..CaseFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((total, cases.len()), (2, 1));
+    assert_eq!(
+        cases[0].case_number, old.case_number,
+        "newest first, second page"
+    );
+
+    store
+        .change_case(&old.case_number, Some("open"), None, "x", now)
+        .await
+        .unwrap();
+    let ages = store.open_cases_by_department(now).await.unwrap();
+    let water = ages
+        .iter()
+        .find(|d| d.department.as_deref() == Some("Water"))
+        .unwrap();
+    assert_eq!((water.open, water.open_over_90_days), (1, 1));
+    let streets = ages
+        .iter()
+        .find(|d| d.department.as_deref() == Some("Streets"))
+        .unwrap();
+    assert_eq!((streets.open, streets.open_0_7_days), (1, 1));
+
+    assert!(store.rules_versions().await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .add_rules_version("a", "file", "original", now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .add_rules_version("b", "token:alice", "apply", now)
+            .await
+            .unwrap(),
+        2
+    );
+    let versions = store.rules_versions().await.unwrap();
+    assert_eq!(versions[1].queues_toml, "b");
+
+    store
+        .append(&[
+            event(1, "c1", "received"),
+            event(2, "c1", "queue"),
+            event(3, "c1", "ended"),
+        ])
+        .await
+        .unwrap();
+    let from = 1_790_000_000_000;
+    let calls = store
+        .events_between(None, Some("queue"), from, from + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.len(),
+        1,
+        "the end is exclusive and queue events are left out"
+    );
+    let queue = store
+        .events_between(Some("queue"), None, from, from + 10)
+        .await
+        .unwrap();
+    assert_eq!(queue.len(), 1);
+    store.close().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),*) => {
         mod sqlite {
@@ -197,6 +355,7 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    api_queries_agree_on_both_backends,
     append_and_read_back_in_order,
     a_restart_loses_nothing,
     writer_commits_everything_it_acknowledges,

@@ -6,6 +6,7 @@
 //! never touches a socket, a thread, a clock or the database: `runtime/` does that.
 
 mod callback;
+pub mod live;
 mod queueing;
 pub use callback::{
     CallbackRecord, CallbackSetup, DialPattern, DialPlan, DialPlanError, RestoredCallback,

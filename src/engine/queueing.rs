@@ -1603,3 +1603,23 @@ fn leg_cancel(leg: &AgentLeg) -> SipMessage {
     cancel.push_header("CSeq", "1 CANCEL");
     cancel
 }
+
+/// Read access for the live view (`engine::live`), which must not reach into this file's state.
+impl Queueing {
+    /// The router's clock at `now` (ms since the engine first saw the clock); None before that.
+    pub(super) fn router_ms(&self, now: Instant) -> Option<u64> {
+        self.epoch
+            .map(|epoch| now.saturating_duration_since(epoch).as_millis() as u64)
+    }
+
+    pub(super) fn setup(&self) -> &RoutingSetup {
+        &self.setup
+    }
+
+    /// The estimator's remaining wait for a caller now in a queue (None if it has no view of
+    /// them yet).
+    pub(super) fn estimate_for(&self, call: &str, now_ms: u64) -> Option<f64> {
+        self.estimator
+            .estimate_s(&self.router, &self.setup.agents, call, now_ms)
+    }
+}

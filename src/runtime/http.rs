@@ -1,31 +1,24 @@
-//! The HTTP endpoint (axum). For now `/healthz`: liveness plus the numbers an operator checks
-//! first (active calls, event-log backlog, store errors). Later issues add the API under /api/v1.
+//! The HTTP endpoint (axum): serves the router of `api` (every route is in `api::ROUTES`) and
+//! `/healthz`, liveness plus the numbers an operator checks first (active calls, event-log
+//! backlog, store errors), unauthenticated.
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::HealthState;
-
-pub fn router(state: HealthState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/v1/agents/{id}/state", post(set_agent_state))
-        .with_state(state)
-}
+use super::api::{self, ApiState};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: HealthState,
+    state: ApiState,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = router(state);
+    let app = api::router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -36,62 +29,8 @@ pub async fn serve(
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentStateBody {
-    /// "ready" or "not_ready".
-    state: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-/// `POST /api/v1/agents/{id}/state` with `{"state": "ready"}` or
-/// `{"state": "not_ready", "reason": "lunch"}`: 202 when handed to the engine (the change shows
-/// as an `agent_state` queue event), 404 for an unknown agent, 400 for anything else.
-async fn set_agent_state(
-    State(state): State<HealthState>,
-    Path(id): Path<String>,
-    body: Result<Json<AgentStateBody>, axum::extract::rejection::JsonRejection>,
-) -> impl IntoResponse {
-    let Ok(Json(body)) = body else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(
-                json!({"error": "expected {\"state\": \"ready\" | \"not_ready\", \"reason\": \"...\"}"}),
-            ),
-        );
-    };
-    if !state.agent_ids.contains(&id) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "no such agent"})),
-        );
-    }
-    let ready = match body.state.as_str() {
-        "ready" => true,
-        "not_ready" => false,
-        _ => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": "state is ready or not_ready"})),
-            )
-        }
-    };
-    let input = crate::engine::Input::AgentState {
-        agent: id,
-        ready,
-        reason: body.reason.unwrap_or_else(|| "manual".into()),
-    };
-    match state.engine_inbound.send(input).await {
-        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"accepted": true}))),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "shutting down"})),
-        ),
-    }
-}
-
-async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
+pub async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
+    let state = &state.health;
     let engine = state.engine.lock().map(|s| s.clone()).unwrap_or_default();
     let log = state.log.health();
     // Degraded, not down: calls are still answered while the store retries.

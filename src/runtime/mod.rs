@@ -4,6 +4,7 @@
 //! handling the binary needs. This is the only module that reads the clock.
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
 
+pub mod api;
 pub mod event_log;
 pub mod http;
 pub mod media;
@@ -94,6 +95,9 @@ pub struct HealthState {
     /// Agent ids known from agents.toml (the API answers 404 for others).
     pub agent_ids: Arc<Vec<String>>,
 }
+
+/// How often the engine's live view is taken (and published when it changed).
+const LIVE_EVERY: Duration = Duration::from_millis(250);
 
 /// A running server. Addresses are the real bound ones (port 0 in the config picks free ports).
 pub struct Server {
@@ -258,15 +262,41 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         engine_inbound: inbound_tx.clone(),
         agent_ids,
     };
+    let auth = api::auth::Auth::new(&config.api.tokens)?;
+    if auth.is_empty() {
+        tracing::warn!(
+            "no API tokens configured: /api/v1 answers 401 (civicline api-token makes one)"
+        );
+    }
+    let open311 = api::open311::Open311::load(&config.speech.categories, &config.open311.api_keys)?;
+    let metrics = Arc::new(api::prometheus::Metrics::default());
+    let first_view = engine.live_snapshot(tokio::time::Instant::now().into_std());
+    let first = api::live::first(&first_view, unix_ms_now());
+    let (live_tx, live_rx) = watch::channel(Arc::new(first));
+    let (engine_live_tx, engine_live_rx) = watch::channel(Arc::new(first_view));
+    tokio::spawn(api::live::publish(engine_live_rx, live_tx, store.clone()));
+    let api_state = api::ApiState {
+        health: health.clone(),
+        store: store.clone(),
+        auth: Arc::new(auth),
+        open311: Arc::new(open311),
+        rules: (!config.routing.queues.as_os_str().is_empty()).then(|| {
+            Arc::new(api::rules::RulesControl::new(
+                inbound_tx.clone(),
+                config.routing.queues.clone(),
+                config.routing.agents.clone(),
+                log.clone(),
+            ))
+        }),
+        live: live_rx,
+        metrics: metrics.clone(),
+        config: Arc::new(config.api.clone()),
+    };
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http.listen))?;
     let http = http_listener.local_addr()?;
-    let http_task = tokio::spawn(http::serve(
-        http_listener,
-        health.clone(),
-        shutdown_rx.clone(),
-    ));
+    let http_task = tokio::spawn(http::serve(http_listener, api_state, shutdown_rx.clone()));
 
     let grace = Duration::from_millis(config.sip.shutdown_grace_ms);
     let server_log = log.clone();
@@ -299,6 +329,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             cases,
             speech,
             callback_writer,
+            LiveOut {
+                view: engine_live_tx,
+                metrics,
+            },
         )
         .await;
         let _ = io_stop_tx.send(true);
@@ -452,8 +486,10 @@ async fn engine_loop(
     cases: CaseStore,
     speech: speech::SpeechService,
     callbacks: CallbackWriter,
+    live: LiveOut,
 ) -> anyhow::Result<()> {
     let clock = WallClock::now();
+    let mut last_live = tokio::time::Instant::now();
     let now = || tokio::time::Instant::now().into_std();
     let mut stopping_until: Option<tokio::time::Instant> = None;
     let mut last_health = tokio::time::Instant::now();
@@ -503,6 +539,7 @@ async fn engine_loop(
             match output {
                 Output::Transmit { to, bytes } => senders.send(to, bytes),
                 Output::Record(event) => {
+                    live.metrics.observe_event(&event);
                     log.append(stored_event(&clock, &event));
                 }
                 Output::Media(command) => media.apply(command),
@@ -526,6 +563,17 @@ async fn engine_loop(
                 engine.free_rtp_ports(),
                 std::sync::atomic::Ordering::Relaxed,
             );
+        }
+        if last_live.elapsed() >= LIVE_EVERY {
+            last_live = tokio::time::Instant::now();
+            let view = engine.live_snapshot(now());
+            live.view.send_if_modified(|current| {
+                let changed = **current != view;
+                if changed {
+                    *current = Arc::new(view);
+                }
+                changed
+            });
         }
         if stopping_until.is_some() && engine.is_drained() {
             break;
@@ -704,6 +752,12 @@ fn load_callbacks(
         ring_timeout: Duration::from_secs(c.ring_timeout_s.max(1)),
         give_up_after: Duration::from_secs(c.give_up_after_s),
     })))
+}
+
+/// Where the engine loop publishes its live view and what it observes for Prometheus.
+struct LiveOut {
+    view: watch::Sender<Arc<crate::engine::live::EngineLive>>,
+    metrics: Arc<api::prometheus::Metrics>,
 }
 
 /// Case store work off the engine task: each request runs as its own task and answers through

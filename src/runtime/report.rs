@@ -24,13 +24,23 @@ pub async fn queue_report(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Report, ReportError> {
-    let events = queue_events(store, from_ms, to_ms).await?;
     let options = rules.map(ReportOptions::from_rules).unwrap_or_default();
+    queue_report_with(store, &options, from_ms, to_ms).await
+}
+
+/// [`queue_report`] with the options given (the live view knows the service levels in force).
+pub async fn queue_report_with(
+    store: &Store,
+    options: &ReportOptions,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Report, ReportError> {
+    let events = queue_events(store, from_ms, to_ms).await?;
     Ok(compute(
         &events,
         from_ms.max(0) as u64,
         to_ms.max(0) as u64,
-        &options,
+        options,
     ))
 }
 

@@ -64,6 +64,9 @@ pub struct CaseRecord {
     pub confidence: Option<f64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Open311 requests may carry a position; phone cases do not.
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
 }
 
 /// A case draft as stored in `transcripts` (one per recording).
@@ -108,10 +111,34 @@ const FILL_CASE_FROM_DRAFT: &str = "UPDATE cases SET \
     updated_at_ms = $2 \
     WHERE EXISTS (SELECT 1 FROM transcripts t WHERE t.audio_path = cases.audio_path)";
 
+const INSERT_HISTORY: &str = "INSERT INTO case_history (case_number, at_ms, action, by_whom, detail) VALUES ($1, $2, $3, $4, $5)";
+
 /// Case numbers start here so they are always seven digits for the first nine million cases.
 const FIRST_CASE_NUMBER: i64 = 1_000_000;
 
-const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, transcript, confidence, created_at_ms, updated_at_ms FROM cases";
+const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, transcript, confidence, created_at_ms, updated_at_ms, lat, lon FROM cases";
+
+/// A `CaseRecord` from a row of `CASE_COLUMNS`.
+macro_rules! case_record {
+    ($r:expr) => {
+        CaseRecord {
+            case_number: $r.try_get("case_number")?,
+            status: $r.try_get("status")?,
+            category: $r.try_get("category")?,
+            department: $r.try_get("department")?,
+            address: $r.try_get("address")?,
+            description: $r.try_get("description")?,
+            audio_path: $r.try_get("audio_path")?,
+            call_ref: $r.try_get("call_ref")?,
+            transcript: $r.try_get("transcript")?,
+            confidence: $r.try_get("confidence")?,
+            created_at_ms: $r.try_get("created_at_ms")?,
+            updated_at_ms: $r.try_get("updated_at_ms")?,
+            lat: $r.try_get("lat")?,
+            lon: $r.try_get("lon")?,
+        }
+    };
+}
 
 /// A `StoredEvent` from a row of `SELECT_COLUMNS` (a macro: the row types of the two backends
 /// share no trait that names these columns' types without a wall of bounds).
@@ -314,6 +341,15 @@ impl Store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                // The history starts in the same transaction: a case never exists without it.
+                sqlx::query::<$db>(INSERT_HISTORY)
+                    .bind(&number)
+                    .bind(now_ms)
+                    .bind("created")
+                    .bind("phone")
+                    .bind(serde_json::json!({ "call_ref": call_ref }).to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 number
             }};
@@ -462,20 +498,7 @@ impl Store {
                     .await?;
                 match row {
                     None => None,
-                    Some(r) => Some(CaseRecord {
-                        case_number: r.try_get("case_number")?,
-                        status: r.try_get("status")?,
-                        category: r.try_get("category")?,
-                        department: r.try_get("department")?,
-                        address: r.try_get("address")?,
-                        description: r.try_get("description")?,
-                        audio_path: r.try_get("audio_path")?,
-                        call_ref: r.try_get("call_ref")?,
-                        transcript: r.try_get("transcript")?,
-                        confidence: r.try_get("confidence")?,
-                        created_at_ms: r.try_get("created_at_ms")?,
-                        updated_at_ms: r.try_get("updated_at_ms")?,
-                    }),
+                    Some(r) => Some(case_record!(r)),
                 }
             }};
         }
@@ -540,5 +563,428 @@ impl Store {
             Store::Sqlite(pool) => pool.close().await,
             Store::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+/// Which cases to list. Every value reaches SQL as a bound parameter, never as text.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    /// Any of these case numbers (empty: all).
+    pub numbers: Vec<String>,
+    pub statuses: Vec<String>,
+    pub categories: Vec<String>,
+    pub departments: Vec<String>,
+    /// Created at or after / before (Unix ms).
+    pub created_from_ms: Option<i64>,
+    pub created_before_ms: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+    /// Newest first (Open311) rather than oldest first (the cases page works oldest first).
+    pub newest_first: bool,
+}
+
+/// One line of a case's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseHistoryRow {
+    pub at_ms: i64,
+    pub action: String,
+    pub by: String,
+    pub detail: serde_json::Value,
+}
+
+/// Open cases of one department, by age.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DepartmentAges {
+    /// None for cases not yet sorted into a department.
+    pub department: Option<String>,
+    pub open: i64,
+    pub open_0_7_days: i64,
+    pub open_8_30_days: i64,
+    pub open_31_90_days: i64,
+    pub open_over_90_days: i64,
+}
+
+/// A case that did not come from a call (Open311 `POST requests`).
+#[derive(Debug, Clone, Default)]
+pub struct NewCase {
+    pub category: String,
+    pub department: Option<String>,
+    pub address: Option<String>,
+    pub description: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}
+
+/// One version of the queue rules applied through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RulesVersion {
+    pub version: i64,
+    pub applied_by: String,
+    pub applied_at_ms: i64,
+    pub action: String,
+    #[serde(skip_serializing)]
+    pub queues_toml: String,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Store {
+    /// Cases matching `filter` and how many match in all (ignoring limit and offset).
+    pub async fn list_cases(
+        &self,
+        filter: &CaseFilter,
+    ) -> Result<(i64, Vec<CaseRecord>), StoreError> {
+        macro_rules! push_filter {
+            ($query:expr) => {{
+                let query = &mut $query;
+                query.push(" WHERE 1 = 1");
+                let lists: [(&str, &Vec<String>); 4] = [
+                    ("case_number", &filter.numbers),
+                    ("status", &filter.statuses),
+                    ("category", &filter.categories),
+                    ("department", &filter.departments),
+                ];
+                for (column, values) in lists {
+                    if values.is_empty() {
+                        continue;
+                    }
+                    query.push(" AND ").push(column).push(" IN (");
+                    let mut list = query.separated(", ");
+                    for value in values {
+                        list.push_bind(value.clone());
+                    }
+                    query.push(")");
+                }
+                if let Some(from) = filter.created_from_ms {
+                    query.push(" AND created_at_ms >= ").push_bind(from);
+                }
+                if let Some(before) = filter.created_before_ms {
+                    query.push(" AND created_at_ms < ").push_bind(before);
+                }
+            }};
+        }
+        macro_rules! list {
+            ($pool:expr, $db:ty) => {{
+                let mut count = QueryBuilder::<$db>::new("SELECT COUNT(*) AS n FROM cases");
+                push_filter!(count);
+                let total: i64 = count.build().fetch_one($pool).await?.try_get("n")?;
+                let mut query = QueryBuilder::<$db>::new(CASE_COLUMNS);
+                push_filter!(query);
+                query.push(if filter.newest_first {
+                    " ORDER BY created_at_ms DESC, id DESC"
+                } else {
+                    " ORDER BY created_at_ms, id"
+                });
+                query.push(" LIMIT ").push_bind(filter.limit.max(0));
+                query.push(" OFFSET ").push_bind(filter.offset.max(0));
+                let cases = query
+                    .build()
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<CaseRecord, sqlx::Error> { Ok(case_record!(r)) })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (total, cases)
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => list!(pool, Sqlite),
+            Store::Postgres(pool) => list!(pool, Postgres),
+        })
+    }
+
+    /// Open cases per department, by age at `now_ms`.
+    pub async fn open_cases_by_department(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<DepartmentAges>, StoreError> {
+        let sql = "SELECT department, COUNT(*) AS open, \
+            SUM(CASE WHEN created_at_ms > $1 THEN 1 ELSE 0 END) AS d7, \
+            SUM(CASE WHEN created_at_ms <= $1 AND created_at_ms > $2 THEN 1 ELSE 0 END) AS d30, \
+            SUM(CASE WHEN created_at_ms <= $2 AND created_at_ms >= $3 THEN 1 ELSE 0 END) AS d90, \
+            SUM(CASE WHEN created_at_ms < $3 THEN 1 ELSE 0 END) AS over90 \
+            FROM cases WHERE status = 'open' GROUP BY department ORDER BY department";
+        // "More than 90 days": created before now - 90 days.
+        let (d7, d30, d90) = (
+            now_ms - 7 * DAY_MS,
+            now_ms - 30 * DAY_MS,
+            now_ms - 90 * DAY_MS,
+        );
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                sqlx::query(sql)
+                    .bind(d7)
+                    .bind(d30)
+                    .bind(d90)
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<DepartmentAges, sqlx::Error> {
+                        Ok(DepartmentAges {
+                            department: r.try_get("department")?,
+                            open: r.try_get("open")?,
+                            open_0_7_days: r.try_get("d7")?,
+                            open_8_30_days: r.try_get("d30")?,
+                            open_31_90_days: r.try_get("d90")?,
+                            open_over_90_days: r.try_get("over90")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => fetch!(pool),
+            Store::Postgres(pool) => fetch!(pool),
+        })
+    }
+
+    /// Changes a case's status and/or department and records who did it, in one transaction.
+    /// None when there is no such case. Fields equal to the current value record nothing.
+    pub async fn change_case(
+        &self,
+        number: &str,
+        status: Option<&str>,
+        department: Option<&str>,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Option<CaseRecord>, StoreError> {
+        macro_rules! change {
+            ($pool:expr, $db:ty) => {{
+                let mut tx = $pool.begin().await?;
+                let row = sqlx::query::<$db>(&format!("{CASE_COLUMNS} WHERE case_number = $1"))
+                    .bind(number)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let current = case_record!(row);
+                let mut changes = Vec::new();
+                if let Some(to) = status.filter(|s| *s != current.status) {
+                    changes.push(("status", current.status.clone(), to.to_string()));
+                }
+                if let Some(to) = department.filter(|d| Some(*d) != current.department.as_deref())
+                {
+                    changes.push((
+                        "department",
+                        current.department.clone().unwrap_or_default(),
+                        to.to_string(),
+                    ));
+                }
+                if !changes.is_empty() {
+                    sqlx::query::<$db>(
+                        "UPDATE cases SET status = COALESCE($1, status), department = COALESCE($2, department), updated_at_ms = $3 WHERE case_number = $4",
+                    )
+                    .bind(status)
+                    .bind(department)
+                    .bind(now_ms)
+                    .bind(number)
+                    .execute(&mut *tx)
+                    .await?;
+                    for (action, from, to) in &changes {
+                        sqlx::query::<$db>(INSERT_HISTORY)
+                            .bind(number)
+                            .bind(now_ms)
+                            .bind(*action)
+                            .bind(by)
+                            .bind(serde_json::json!({ "from": from, "to": to }).to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Sqlite(pool) => change!(pool, Sqlite),
+            Store::Postgres(pool) => change!(pool, Postgres),
+        }
+        self.find_case(number).await
+    }
+
+    /// A case's history, oldest first (empty for an unknown case).
+    pub async fn case_history(&self, number: &str) -> Result<Vec<CaseHistoryRow>, StoreError> {
+        let sql = "SELECT at_ms, action, by_whom, detail FROM case_history WHERE case_number = $1 ORDER BY at_ms, id";
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                sqlx::query(sql)
+                    .bind(number)
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<CaseHistoryRow, sqlx::Error> {
+                        let detail: String = r.try_get("detail")?;
+                        Ok(CaseHistoryRow {
+                            at_ms: r.try_get("at_ms")?,
+                            action: r.try_get("action")?,
+                            by: r.try_get("by_whom")?,
+                            detail: serde_json::from_str(&detail)
+                                .unwrap_or(serde_json::Value::String(detail)),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => fetch!(pool),
+            Store::Postgres(pool) => fetch!(pool),
+        })
+    }
+
+    /// Stores an open case that came from outside a call (Open311), with its `created` history
+    /// line, in one transaction.
+    pub async fn create_case_from(
+        &self,
+        case: &NewCase,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<CaseRecord, StoreError> {
+        let placeholder = format!("pending-{by}-{now_ms}-{}", rand::random::<u64>());
+        macro_rules! create {
+            ($pool:expr, $db:ty) => {{
+                let mut tx = $pool.begin().await?;
+                let id: i64 = sqlx::query_scalar::<$db, i64>(
+                    "INSERT INTO cases (case_number, status, category, department, address, description, lat, lon, created_at_ms, updated_at_ms) \
+                     VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+                )
+                .bind(&placeholder)
+                .bind(&case.category)
+                .bind(&case.department)
+                .bind(&case.address)
+                .bind(&case.description)
+                .bind(case.lat)
+                .bind(case.lon)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                let number = (FIRST_CASE_NUMBER + id).to_string();
+                sqlx::query::<$db>("UPDATE cases SET case_number = $1 WHERE id = $2")
+                    .bind(&number)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query::<$db>(INSERT_HISTORY)
+                    .bind(&number)
+                    .bind(now_ms)
+                    .bind("created")
+                    .bind(by)
+                    .bind(serde_json::json!({ "service_code": case.category }).to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                number
+            }};
+        }
+        let number = match self {
+            Store::Sqlite(pool) => create!(pool, Sqlite),
+            Store::Postgres(pool) => create!(pool, Postgres),
+        };
+        self.find_case(&number)
+            .await?
+            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Events in `[from_ms, to_ms)` in log order: only `kind` when given, else every kind but
+    /// `exclude_kind`. For the CSV exports.
+    pub async fn events_between(
+        &self,
+        kind: Option<&str>,
+        exclude_kind: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        macro_rules! fetch {
+            ($pool:expr, $db:ty) => {{
+                let mut query = QueryBuilder::<$db>::new(SELECT_COLUMNS);
+                query.push(" WHERE occurred_at_ms >= ").push_bind(from_ms);
+                query.push(" AND occurred_at_ms < ").push_bind(to_ms);
+                if let Some(kind) = kind {
+                    query.push(" AND kind = ").push_bind(kind.to_string());
+                }
+                if let Some(kind) = exclude_kind {
+                    query.push(" AND kind <> ").push_bind(kind.to_string());
+                }
+                query.push(" ORDER BY seq");
+                query
+                    .build()
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<EventRow, sqlx::Error> {
+                        Ok(EventRow {
+                            seq: r.try_get("seq")?,
+                            event: stored_event!(r),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => fetch!(pool, Sqlite),
+            Store::Postgres(pool) => fetch!(pool, Postgres),
+        })
+    }
+
+    /// Every rules version, oldest first.
+    pub async fn rules_versions(&self) -> Result<Vec<RulesVersion>, StoreError> {
+        let sql = "SELECT version, queues_toml, applied_by, applied_at_ms, action FROM rules_versions ORDER BY version";
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                sqlx::query(sql)
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<RulesVersion, sqlx::Error> {
+                        Ok(RulesVersion {
+                            version: r.try_get("version")?,
+                            queues_toml: r.try_get("queues_toml")?,
+                            applied_by: r.try_get("applied_by")?,
+                            applied_at_ms: r.try_get("applied_at_ms")?,
+                            action: r.try_get("action")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => fetch!(pool),
+            Store::Postgres(pool) => fetch!(pool),
+        })
+    }
+
+    /// Records a rules version and returns its number (one more than the last).
+    pub async fn add_rules_version(
+        &self,
+        queues_toml: &str,
+        by: &str,
+        action: &str,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        macro_rules! add {
+            ($pool:expr, $db:ty) => {{
+                let mut tx = $pool.begin().await?;
+                let last: Option<i64> =
+                    sqlx::query_scalar::<$db, Option<i64>>("SELECT MAX(version) FROM rules_versions")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let version = last.unwrap_or(0) + 1;
+                sqlx::query::<$db>(
+                    "INSERT INTO rules_versions (version, queues_toml, applied_by, applied_at_ms, action) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(version)
+                .bind(queues_toml)
+                .bind(by)
+                .bind(now_ms)
+                .bind(action)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                version
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(pool) => add!(pool, Sqlite),
+            Store::Postgres(pool) => add!(pool, Postgres),
+        })
     }
 }

@@ -27,6 +27,8 @@ pub struct TranscribeStats {
     pub done: AtomicU64,
     pub failed: AtomicU64,
     pub refused_queue_full: AtomicU64,
+    /// Seconds per whisper call (Prometheus `civicline_transcription_seconds`).
+    pub latency: super::api::prometheus::Histogram,
 }
 
 pub struct Job {
@@ -95,6 +97,7 @@ impl Transcriber {
                     let Ok(job) = job else { return };
                     let started = Instant::now();
                     let result = transcribe_file(&mut state, &job.path, &settings);
+                    stats.latency.observe(started.elapsed().as_secs_f64());
                     match &result {
                         Ok(_) => stats.done.fetch_add(1, Ordering::Relaxed),
                         Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),

@@ -297,3 +297,69 @@ pub async fn events(server: &TestServer) -> Vec<civicline::runtime::store::Event
 pub fn unix_ms() -> i64 {
     civicline::runtime::unix_ms_now()
 }
+
+/// One HTTP/1.1 exchange over a fresh connection (`Connection: close`): status, headers
+/// (lowercased names) and body, with a chunked body decoded.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let mut bytes = Vec::new();
+    if let Some((content_type, data)) = body {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            data.len()
+        ));
+        bytes.extend_from_slice(request.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(data);
+    } else {
+        request.push_str("\r\n");
+        bytes.extend_from_slice(request.as_bytes());
+    }
+    // The server may answer (413) before reading all of a large body: ignore write errors.
+    let _ = stream.write_all(&bytes).await;
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a full response");
+    let status = head[9..12].parse().unwrap();
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, head, body)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
