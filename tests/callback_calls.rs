@@ -38,7 +38,22 @@ fn with_callbacks(gateway: SocketAddr) -> impl FnOnce(&mut civicline::config::Co
         c.routing.digest_algorithms = vec!["MD5".into()];
         c.callbacks.gateway = format!("sip:{gateway}");
         c.callbacks.offer_after_s = 0;
+        c.api.tokens = vec![civicline::config::ApiToken {
+            name: "supervisor".into(),
+            role: civicline::config::ApiRole::Manager,
+            token_sha256: sha256_hex(MANAGER_TOKEN),
+        }];
     }
+}
+
+const MANAGER_TOKEN: &str = "callback-test-manager-token";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn http_post(server: &common::TestServer, path: &str, body: &str) -> u16 {
@@ -47,7 +62,7 @@ async fn http_post(server: &common::TestServer, path: &str, body: &str) -> u16 {
         .await
         .unwrap();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {MANAGER_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     http.write_all(request.as_bytes()).await.unwrap();

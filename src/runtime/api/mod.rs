@@ -12,6 +12,7 @@ pub mod open311;
 pub mod openapi;
 pub mod prometheus;
 pub mod rules;
+pub mod wallboard;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -211,7 +212,10 @@ pub fn router(state: ApiState) -> axum::Router {
         }
         app = app.route(spec.path, handler);
     }
-    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+    // The wallboard's pages are not API routes (no token: they hold no data), so they stay
+    // out of ROUTES and the OpenAPI document.
+    app.merge(wallboard::router())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }
