@@ -857,3 +857,222 @@ async fn prometheus_metrics_need_a_token_unless_configured_open() {
     assert_eq!(Api::of(&server).get("/metrics", None).await.0, 200);
     stop(server).await;
 }
+
+/// A recorded period made by a seeded load driven through the real routing core (as the engine
+/// would: offers answered at once, talk times drawn, wrap-up by the router's timer), appended
+/// to the store as the engine logs queue events. Returns the period's bounds (unix ms).
+async fn seeded_history(server: &common::TestServer, agents: &[&str]) -> (i64, i64) {
+    use civicline::routing::core::{Router, RouterInput, RouterOutput};
+    use civicline::routing::rules::{load_agents, AgentId, CallerAttrs, Rules};
+    use rand::{Rng, SeedableRng};
+    let rules = Rules::load(&server.dir.path().join("rules/queues.toml")).unwrap();
+    let profiles = load_agents(&server.dir.path().join("rules/agents.toml"), &rules).unwrap();
+    let mut router = Router::new(rules);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut log: Vec<QueueEvent> = Vec::new();
+    let mut ends: Vec<(u64, CallId)> = Vec::new();
+    let hour = 3_600_000u64;
+    let mut next_arrival = 0u64;
+    let mut n = 0;
+    for id in agents {
+        let profile = profiles.iter().find(|p| p.id.0 == *id).unwrap();
+        let agent = AgentId(id.to_string());
+        router
+            .handle_input(
+                0,
+                RouterInput::AgentLogin {
+                    agent: agent.clone(),
+                    skills: profile.skills.clone(),
+                },
+            )
+            .unwrap();
+        router
+            .handle_input(0, RouterInput::AgentReady { agent })
+            .unwrap();
+    }
+    let mut now = 0u64;
+    while now < 2 * hour {
+        if now >= next_arrival {
+            n += 1;
+            let attrs = CallerAttrs {
+                language: "en".into(),
+                ..CallerAttrs::default()
+            };
+            router
+                .handle_input(
+                    now,
+                    RouterInput::CallerJoin {
+                        call: CallId(format!("hist-{n}")),
+                        queue: None,
+                        attrs,
+                        priority: 0,
+                    },
+                )
+                .unwrap();
+            // About 40 calls an hour.
+            next_arrival = now + rng.gen_range(10_000..170_000);
+        }
+        ends.retain(|(at, call)| {
+            if *at <= now {
+                let _ = router.handle_input(now, RouterInput::CallEnded { call: call.clone() });
+                false
+            } else {
+                true
+            }
+        });
+        if router.poll_timeout().is_some_and(|t| t <= now) {
+            router.handle_timeout(now);
+        }
+        while let Some(output) = router.poll_output() {
+            match output {
+                RouterOutput::Offer { call, agent, .. } => {
+                    let _ = router.handle_input(now, RouterInput::AgentAnswered { agent, call });
+                }
+                RouterOutput::Connected { call, .. } => {
+                    ends.push((now + rng.gen_range(60_000..300_000), call));
+                }
+                RouterOutput::Record(event) => log.push(event),
+                _ => {}
+            }
+        }
+        now += 1000;
+    }
+    let base = common::unix_ms() - 3 * hour as i64;
+    let rows: Vec<StoredEvent> = log
+        .iter()
+        .map(|e| StoredEvent {
+            occurred_at_ms: base + e.at_ms as i64,
+            call_ref: e
+                .call
+                .as_ref()
+                .map(|c| c.0.clone())
+                .unwrap_or_else(|| "agent".into()),
+            sip_call_id: String::new(),
+            kind: "queue".into(),
+            status_code: None,
+            reason: Some(format!("{:?}", e.kind)),
+            duration_ms: e.hold_ms.map(|h| h as i64),
+            caller: None,
+            detail: Some(serde_json::to_string(e).unwrap()),
+        })
+        .collect();
+    server.server.store.append(&rows).await.unwrap();
+    (base + 15 * 60_000, base + 2 * hour as i64)
+}
+
+#[tokio::test]
+async fn a_rule_change_is_simulated_on_the_recorded_period() {
+    let server = start().await;
+    let api = Api::of(&server);
+    let (from, to) = seeded_history(&server, &["m.okafor"]).await;
+    let queues = std::fs::read_to_string(server.dir.path().join("rules/queues.toml")).unwrap();
+    let agents = std::fs::read_to_string(server.dir.path().join("rules/agents.toml")).unwrap();
+    // The agents file with only Michael, as in the history; and with Michael and a second
+    // English speaker (Linh, who serves general_en too).
+    let only = |ids: &[&str]| -> String {
+        let mut out = String::new();
+        for block in agents.split("[[agent]]").skip(1) {
+            if ids
+                .iter()
+                .any(|id| block.contains(&format!("id = \"{id}\"")))
+            {
+                out.push_str("[[agent]]");
+                out.push_str(block);
+            }
+        }
+        out
+    };
+    let body = |agents_toml: &str| {
+        json!({
+            "queues_toml": queues,
+            "agents_toml": agents_toml,
+            "from": from.to_string(),
+            "to": to.to_string(),
+        })
+        .to_string()
+    };
+    let general = |report: &Value| -> Value {
+        report["per_queue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["queue"] == "general_en")
+            .cloned()
+            .unwrap_or_else(|| panic!("no general_en in {report}"))
+    };
+
+    let (status, same) = api
+        .send(
+            "POST",
+            "/api/v1/simulate",
+            MANAGER,
+            &body(&only(&["m.okafor"])),
+        )
+        .await;
+    assert_eq!(status, 200, "{same}");
+    let q = general(&same);
+    let (actual, predicted) = (&q["actual"], &q["predicted"]);
+    assert!(actual["offered"].as_u64().unwrap() >= 30, "{q}");
+    let sl = |f: &Value| f["service_level"].as_f64().unwrap();
+    assert!(
+        (sl(actual) - sl(predicted)).abs() <= 0.02,
+        "same rules reproduce the service level within 2 points: {q}"
+    );
+
+    let (status, more) = api
+        .send(
+            "POST",
+            "/api/v1/simulate",
+            MANAGER,
+            &body(&only(&["m.okafor", "l.nguyen"])),
+        )
+        .await;
+    assert_eq!(status, 200, "{more}");
+    let asa = |f: &Value| f["asa_s"].as_f64().unwrap();
+    assert!(
+        asa(&general(&more)["predicted"]) < asa(&general(&same)["predicted"]),
+        "one more agent predicts a shorter speed of answer: {} vs {}",
+        general(&more),
+        general(&same)
+    );
+
+    // Bad input: a broken rule set names file and line; a bad period names the field; only a
+    // manager may run it.
+    let broken = json!({"queues_toml": "[[queue]]\nid = 5\n", "from": from.to_string(), "to": to.to_string()});
+    let (status, v) = api
+        .send("POST", "/api/v1/simulate", MANAGER, &broken.to_string())
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["errors"][0]["line"].as_u64().is_some(), "{v}");
+    let backwards = json!({"queues_toml": queues, "from": to.to_string(), "to": from.to_string()});
+    let (status, v) = api
+        .send("POST", "/api/v1/simulate", MANAGER, &backwards.to_string())
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["fields"]["to"].is_string(), "{v}");
+    let (status, _) = api
+        .send("POST", "/api/v1/simulate", READER, &body(&agents))
+        .await;
+    assert_eq!(status, 403);
+
+    // The same from the command line, on the stopped server's store: the table on stdout,
+    // the progress bar on stderr.
+    let common::TestServer { server, dir } = server;
+    server.shutdown();
+    server.wait().await.unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let rules_dir = data_dir.join("rules");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_civicline"))
+        .args(["simulate", "--data-dir", data_dir.to_str().unwrap()])
+        .args(["--rules", rules_dir.to_str().unwrap()])
+        .args(["--from", &from.to_string(), "--to", &to.to_string()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("general_en"), "{stdout}");
+    assert!(stderr.contains("replaying ["), "{stderr}");
+}

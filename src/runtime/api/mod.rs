@@ -12,6 +12,7 @@ pub mod open311;
 pub mod openapi;
 pub mod prometheus;
 pub mod rules;
+pub mod simulate;
 pub mod wallboard;
 
 use std::collections::BTreeMap;
@@ -147,6 +148,10 @@ pub const ROUTES: &[RouteSpec] = &[
         ..route("POST", "/api/v1/rules", MANAGER, "Apply a rule set: checked, written as a new version, swapped in atomically, logged")
     },
     RouteSpec {
+        body: Some("SimulationRequest"),
+        ..route("POST", "/api/v1/simulate", MANAGER, "Replay a recorded period under proposed rules: predicted and actual service level, ASA, abandonment, longest wait per queue")
+    },
+    RouteSpec {
         body: Some("RulesRollback"),
         ..route("POST", "/api/v1/rules/rollback", MANAGER, "Apply an earlier version again (as a new version)")
     },
@@ -201,7 +206,7 @@ pub fn router(state: ApiState) -> axum::Router {
     let mut app = axum::Router::new();
     for spec in ROUTES {
         let mut handler = handler(spec);
-        if spec.body == Some("RulesSet") {
+        if matches!(spec.body, Some("RulesSet" | "SimulationRequest")) {
             handler = handler.layer(DefaultBodyLimit::max(state.config.max_rules_bytes));
         }
         if let Some(role) = auth::required_role(spec.access, &state.config) {
@@ -253,6 +258,7 @@ fn handler(spec: &RouteSpec) -> MethodRouter<ApiState> {
         ("POST", "/api/v1/rules") => on(filter, rules::apply),
         ("POST", "/api/v1/rules/validate") => on(filter, rules::validate),
         ("POST", "/api/v1/rules/rollback") => on(filter, rules::rollback),
+        ("POST", "/api/v1/simulate") => on(filter, simulate::run),
         (_, "/api/v1/export/calls.csv") => get_only(get(export::calls_csv)),
         (_, "/api/v1/export/queue_events.csv") => get_only(get(export::queue_events_csv)),
         (_, "/metrics") => get_only(get(prometheus::serve)),

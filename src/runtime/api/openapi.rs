@@ -49,6 +49,18 @@ fn schemas() -> Value {
                 "agents_toml": {"type": "string", "description": "validate only: checked against the proposed queues (apply refuses it: agents change at restart)"}
             }
         },
+        "SimulationRequest": {
+            "type": "object",
+            "required": ["queues_toml", "from", "to"],
+            "additionalProperties": false,
+            "properties": {
+                "queues_toml": {"type": "string", "description": "the proposed queues.toml"},
+                "agents_toml": {"type": "string", "description": "the proposed agents.toml (default: the one in use)"},
+                "from": {"type": "string", "description": "start, UTC: 2026-11-27T08:00 or unix ms"},
+                "to": {"type": "string", "description": "end, exclusive, at most 31 days after from"},
+                "seed": {"type": "integer", "description": "for patience the log cannot show (default 311)"}
+            }
+        },
         "RulesRollback": {
             "type": "object",
             "required": ["version"],

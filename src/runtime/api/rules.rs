@@ -73,7 +73,7 @@ fn control(state: &ApiState) -> Result<&RulesControl, ApiError> {
 }
 
 /// 422 with the file, line and reason of a rules error.
-fn rules_error(field: &str, error: &RulesError) -> ApiError {
+pub(super) fn rules_error(field: &str, error: &RulesError) -> ApiError {
     let (file, line, reason) = match error {
         RulesError::Invalid { path, line, reason } => {
             (path.display().to_string(), Some(*line), reason.clone())
