@@ -5,7 +5,8 @@
 //! outputs are read and SIP answers are fed back by hand.
 #![allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,35 +16,11 @@ use civicline::engine::{
     Output, PortPool, RestoredCallback,
 };
 use civicline::events::{CallEvent, EventKind};
-use civicline::ivr::{prompt_exists_in, Flow};
 use civicline::routing::rules::CallerAttrs;
 use civicline::sip::message::SipMessage;
 use civicline::sip::transport::Peer;
 
 const GATEWAY: &str = "127.0.0.1:5080";
-
-fn flow() -> Arc<Flow> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exists = prompt_exists_in(&root.join("prompts"), &["en", "es"]);
-    Arc::new(Flow::load(&root.join("routing-rules/ivr.toml"), &exists).unwrap())
-}
-
-fn routing() -> Arc<civicline::engine::RoutingSetup> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rules =
-        civicline::routing::rules::Rules::load(&root.join("routing-rules/queues.toml")).unwrap();
-    let agents =
-        civicline::routing::rules::load_agents(&root.join("routing-rules/agents.toml"), &rules)
-            .unwrap();
-    Arc::new(civicline::engine::RoutingSetup {
-        rules,
-        agents,
-        digest: Default::default(),
-        ready_on_register: true,
-        hold_prompts: vec!["hold_music".into(), "please_hold".into()],
-        announce_every: Duration::from_secs(60),
-    })
-}
 
 fn callbacks(max_attempts: u32) -> Arc<CallbackSetup> {
     let defaults = civicline::config::CallbackConfig::default();
@@ -77,8 +54,8 @@ struct World {
 impl World {
     fn new(max_attempts: u32) -> World {
         let config = EngineConfig {
-            flow: Some(flow()),
-            routing: Some(routing()),
+            flow: Some(common::bundled_flow()),
+            routing: Some(common::bundled_routing()),
             callbacks: Some(callbacks(max_attempts)),
             ..EngineConfig::default()
         };
@@ -252,9 +229,9 @@ impl World {
                 .to_string()
         };
         let (nonce, opaque) = (param("nonce"), param("opaque"));
-        let ha1 = md5_hex("1002:civicline:civic-1002");
-        let ha2 = md5_hex("REGISTER:sip:127.0.0.1");
-        let response = md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+        let ha1 = common::md5_hex("1002:civicline:civic-1002");
+        let ha2 = common::md5_hex("REGISTER:sip:127.0.0.1");
+        let response = common::md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
         let auth = format!(
             "Authorization: Digest username=\"1002\", realm=\"civicline\", nonce=\"{nonce}\", uri=\"sip:127.0.0.1\", response=\"{response}\", algorithm=MD5, cnonce=\"abc\", qop=auth, nc=00000001, opaque=\"{opaque}\"\r\n"
         );
@@ -328,14 +305,6 @@ impl World {
     fn gateway(&self) -> Peer {
         Peer::udp("127.0.0.1:5060".parse().unwrap(), GATEWAY.parse().unwrap())
     }
-}
-
-fn md5_hex(text: &str) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Offer, confirm the caller ID, hang up keeping the place; five minutes later the agent is

@@ -6,25 +6,17 @@
 //! recognition down (case with its recording, agent). Every step is in the event log. Also: a flow or prompt fault stops start-up with file, line and reason.
 #![allow(clippy::disallowed_methods)] // a fake clock needs one real base instant
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use civicline::engine::{Engine, EngineConfig, Input, MediaCommand, MediaEvent, Output, PortPool};
 use civicline::events::{CallEvent, EventKind};
-use civicline::ivr::{prompt_exists_in, DraftOutcome, Flow};
+use civicline::ivr::DraftOutcome;
 use civicline::sip::message::SipMessage;
 use civicline::sip::transport::Peer;
-
-fn flow() -> Arc<Flow> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exists = prompt_exists_in(&root.join("prompts"), &["en", "es"]);
-    Arc::new(
-        Flow::load(&root.join("routing-rules/ivr.toml"), &exists)
-            .expect("the bundled flow is valid"),
-    )
-}
 
 struct World {
     engine: Engine,
@@ -136,7 +128,7 @@ fn answered_call_with(
     routing: Option<Arc<civicline::engine::RoutingSetup>>,
 ) -> (World, String) {
     let config = EngineConfig {
-        flow: Some(flow()),
+        flow: Some(common::bundled_flow()),
         routing,
         ..EngineConfig::default()
     };
@@ -538,22 +530,8 @@ fn case_status_by_phone() {
 /// each announcement logged with its figures, hold music in between.
 #[test]
 fn a_waiting_caller_hears_position_and_wait_on_joining_and_every_minute() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rules =
-        civicline::routing::rules::Rules::load(&root.join("routing-rules/queues.toml")).unwrap();
-    let agents =
-        civicline::routing::rules::load_agents(&root.join("routing-rules/agents.toml"), &rules)
-            .unwrap();
-    let setup = civicline::engine::RoutingSetup {
-        rules,
-        agents,
-        digest: Default::default(),
-        ready_on_register: true,
-        hold_prompts: vec!["hold_music".into(), "please_hold".into()],
-        announce_every: Duration::from_secs(60),
-    };
     let t0 = Instant::now();
-    let (mut w, _) = answered_call_with(t0, 8, "ivr-queue", Some(Arc::new(setup)));
+    let (mut w, _) = answered_call_with(t0, 8, "ivr-queue", Some(common::bundled_routing()));
     w.prompt_done(t0);
     w.media(t0, MediaEvent::Digit('1')); // English
     w.media(t0, MediaEvent::Digit('0')); // an agent
@@ -600,38 +578,14 @@ fn a_waiting_caller_hears_position_and_wait_on_joining_and_every_minute() {
     assert!(logged.iter().all(|l| l["position"] == 1));
 }
 
-fn routing_setup() -> Arc<civicline::engine::RoutingSetup> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rules =
-        civicline::routing::rules::Rules::load(&root.join("routing-rules/queues.toml")).unwrap();
-    let agents =
-        civicline::routing::rules::load_agents(&root.join("routing-rules/agents.toml"), &rules)
-            .unwrap();
-    Arc::new(civicline::engine::RoutingSetup {
-        rules,
-        agents,
-        digest: Default::default(),
-        ready_on_register: true,
-        hold_prompts: vec!["hold_music".into(), "please_hold".into()],
-        announce_every: Duration::from_secs(60),
-    })
-}
-
-fn md5_hex(text: &str) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The agent leg on a fake clock: agent 1002 registers (digest, MD5), an English caller asks
 /// for an agent, the engine INVITEs the agent's registered Contact, the agent answers, the legs
 /// are bridged; then the agent hangs up first and the caller's leg is ended too.
 #[test]
 fn an_agent_leg_is_invited_bridged_and_its_hang_up_ends_the_caller() {
     let t0 = Instant::now();
-    let (mut w, caller_dialog) = answered_call_with(t0, 9, "ivr-leg", Some(routing_setup()));
+    let (mut w, caller_dialog) =
+        answered_call_with(t0, 9, "ivr-leg", Some(common::bundled_routing()));
     let agent = Peer::udp(
         "127.0.0.1:5060".parse().unwrap(),
         "127.0.0.1:6002".parse().unwrap(),
@@ -665,9 +619,9 @@ fn an_agent_leg_is_invited_bridged_and_its_hang_up_ends_the_caller() {
         .split('"')
         .next()
         .unwrap();
-    let ha1 = md5_hex("1002:civicline:civic-1002");
-    let ha2 = md5_hex("REGISTER:sip:127.0.0.1");
-    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+    let ha1 = common::md5_hex("1002:civicline:civic-1002");
+    let ha2 = common::md5_hex("REGISTER:sip:127.0.0.1");
+    let response = common::md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
     let auth = format!(
         "Authorization: Digest username=\"1002\", realm=\"civicline\", nonce=\"{nonce}\", uri=\"sip:127.0.0.1\", response=\"{response}\", algorithm=MD5, cnonce=\"abc\", qop=auth, nc=00000001, opaque=\"{opaque}\"\r\n"
     );
@@ -761,7 +715,7 @@ fn an_agent_leg_is_invited_bridged_and_its_hang_up_ends_the_caller() {
 #[test]
 fn the_exit_key_takes_a_waiting_caller_back_to_the_main_menu() {
     let t0 = Instant::now();
-    let (mut w, _) = answered_call_with(t0, 10, "ivr-exit", Some(routing_setup()));
+    let (mut w, _) = answered_call_with(t0, 10, "ivr-exit", Some(common::bundled_routing()));
     w.prompt_done(t0);
     w.media(t0, MediaEvent::Digit('1')); // English
     w.media(t0, MediaEvent::Digit('0')); // an agent: joins general_en, nobody logged in

@@ -823,23 +823,23 @@ impl Engine {
     /// The resident hung up (or their audio stopped): the agent's leg ends and the callback is
     /// complete.
     pub(super) fn resident_hung_up(&mut self, now: Instant, agent_leg: u64) {
-        let call = match self
-            .queueing
-            .as_deref()
-            .and_then(|q| q.legs.get(&agent_leg))
-        {
-            Some(leg) => leg.call.clone(),
-            None => return,
-        };
-        self.end_leg(now, agent_leg);
-        if let Some(q) = self.queueing.as_deref_mut() {
-            let ms = q.ms(now);
-            let _ = q
-                .router
-                .handle_input(ms, RouterInput::CallEnded { call: call.clone() });
+        if let Some(call) = self.end_agent_side(now, agent_leg) {
+            self.finish_callback(now, &call.0, "completed", None);
         }
-        self.finish_callback(now, &call.0, "completed", None);
         self.drain_router(now);
+    }
+
+    /// Ends the agent's leg of a callback and tells the router the call ended (the agent wraps
+    /// up); the router's call id, if the leg was still there.
+    fn end_agent_side(&mut self, now: Instant, agent_leg: u64) -> Option<CallId> {
+        let call = self.queueing.as_deref()?.legs.get(&agent_leg)?.call.clone();
+        self.end_leg(now, agent_leg);
+        let q = self.queueing.as_deref_mut()?;
+        let ms = q.ms(now);
+        let _ = q
+            .router
+            .handle_input(ms, RouterInput::CallEnded { call: call.clone() });
+        Some(call)
     }
 
     /// The agent's side of a callback ended (`agent_hung_up` has already told the router and
@@ -862,22 +862,9 @@ impl Engine {
     /// The resident could not be reached on this attempt (busy, declined, unanswered, no
     /// audio): the agent's leg ends, then the callback is tried again later or given up.
     pub(super) fn resident_failed(&mut self, now: Instant, agent_leg: u64, result: &str) {
-        let call = match self
-            .queueing
-            .as_deref()
-            .and_then(|q| q.legs.get(&agent_leg))
-        {
-            Some(leg) => leg.call.clone(),
-            None => return,
-        };
-        self.end_leg(now, agent_leg);
-        if let Some(q) = self.queueing.as_deref_mut() {
-            let ms = q.ms(now);
-            let _ = q
-                .router
-                .handle_input(ms, RouterInput::CallEnded { call: call.clone() });
+        if let Some(call) = self.end_agent_side(now, agent_leg) {
+            self.attempt_failed(now, &call.0, result);
         }
-        self.attempt_failed(now, &call.0, result);
         self.drain_router(now);
     }
 

@@ -363,3 +363,39 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// The bundled IVR flow (routing-rules/ivr.toml) with the bundled prompts, for fake-clock tests.
+pub fn bundled_flow() -> std::sync::Arc<civicline::ivr::Flow> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exists = civicline::ivr::prompt_exists_in(&root.join("prompts"), &["en", "es"]);
+    std::sync::Arc::new(
+        civicline::ivr::Flow::load(&root.join("routing-rules/ivr.toml"), &exists)
+            .expect("the bundled flow is valid"),
+    )
+}
+
+/// The bundled queues and agents, hold music, announcements every minute.
+pub fn bundled_routing() -> std::sync::Arc<civicline::engine::RoutingSetup> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules =
+        civicline::routing::rules::Rules::load(&root.join("routing-rules/queues.toml")).unwrap();
+    let agents =
+        civicline::routing::rules::load_agents(&root.join("routing-rules/agents.toml"), &rules)
+            .unwrap();
+    std::sync::Arc::new(civicline::engine::RoutingSetup {
+        rules,
+        agents,
+        digest: Default::default(),
+        ready_on_register: true,
+        hold_prompts: vec!["hold_music".into(), "please_hold".into()],
+        announce_every: Duration::from_secs(60),
+    })
+}
+
+pub fn md5_hex(text: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
