@@ -1076,3 +1076,82 @@ async fn a_rule_change_is_simulated_on_the_recorded_period() {
     assert!(stdout.contains("general_en"), "{stdout}");
     assert!(stderr.contains("replaying ["), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_agents_skills_are_changed_saved_and_applied() {
+    let server = start().await;
+    let api = Api::of(&server);
+    let path = "/api/v1/agents/m.okafor/skills";
+    let (status, v) = api
+        .send(
+            "PUT",
+            path,
+            MANAGER,
+            r#"{"skills":{"english":5,"spanish":4}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changed_by"], "token:alice");
+    // Saved in the agents file, only the skills line changed (credentials kept).
+    let file = std::fs::read_to_string(server.dir.path().join("rules/agents.toml")).unwrap();
+    assert!(
+        file.contains("skills = { english = 5, spanish = 4 }"),
+        "{file}"
+    );
+    assert!(file.contains("ha1_md5 = \"7bbbed166f01308300197c9502c68a08\""));
+    // Applied: the live view shows them (it is published within half a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let agent = api.get_json("/api/v1/agents/m.okafor", READER).await;
+        if agent["skills"]["spanish"] == 4 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{agent}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Recorded with who.
+    server.server.flush_events().await;
+    let logged = server
+        .server
+        .store
+        .events_of_kind("agent_skills", 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert!(logged[0].detail.as_deref().unwrap().contains("token:alice"));
+
+    // Bad input changes nothing: an undeclared skill (file, line, reason), an out-of-range
+    // proficiency (the field), an unknown agent, an agent's token.
+    let (status, v) = api
+        .send("PUT", path, MANAGER, r#"{"skills":{"juggling":3}}"#)
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("juggling"),
+        "{v}"
+    );
+    let (status, v) = api
+        .send("PUT", path, MANAGER, r#"{"skills":{"english":9}}"#)
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["fields"]["skills.english"].is_string(), "{v}");
+    let (status, _) = api
+        .send(
+            "PUT",
+            "/api/v1/agents/nobody/skills",
+            MANAGER,
+            r#"{"skills":{}}"#,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .send("PUT", path, AGENT, r#"{"skills":{"english":1}}"#)
+        .await;
+    assert_eq!(status, 403);
+    let after = std::fs::read_to_string(server.dir.path().join("rules/agents.toml")).unwrap();
+    assert_eq!(after, file, "refused changes leave the file alone");
+    stop(server).await;
+}

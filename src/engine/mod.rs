@@ -119,6 +119,12 @@ pub enum Input {
     },
     /// Callbacks the store held when the server started: each takes its place in line again.
     RestoreCallbacks(Vec<RestoredCallback>),
+    /// An agent's new proficiencies (checked against the rules by the runtime, already saved
+    /// in agents.toml): they apply at once, and to the agent's next logins.
+    AgentSkills {
+        agent: String,
+        skills: crate::routing::rules::SkillSet,
+    },
 }
 
 /// Answers from the case store.
@@ -455,6 +461,7 @@ impl Engine {
                 detail,
             } => self.handle_transcript(now, &call_ref, &audio_path, outcome, detail),
             Input::RestoreCallbacks(callbacks) => self.restore_callbacks(now, callbacks),
+            Input::AgentSkills { agent, skills } => self.set_agent_skills(now, agent, skills),
         }
         self.drain_transactions(now);
     }

@@ -553,6 +553,36 @@ impl Engine {
         self.drain_router(now);
     }
 
+    /// New skills for an agent: the profile the next login uses, the live view, and the router
+    /// at once when they are logged in.
+    pub(super) fn set_agent_skills(
+        &mut self,
+        now: Instant,
+        agent: String,
+        skills: crate::routing::rules::SkillSet,
+    ) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let setup = Arc::make_mut(&mut q.setup);
+        let Some(profile) = setup.agents.iter_mut().find(|a| a.id.0 == agent) else {
+            return;
+        };
+        profile.skills = skills.clone();
+        let ms = q.ms(now);
+        let input = RouterInput::AgentSkills {
+            agent: AgentId(agent),
+            skills,
+        };
+        match q.router.handle_input(ms, input) {
+            Ok(())
+            | Err(crate::routing::core::RouterError::AgentOffline(_))
+            | Err(crate::routing::core::RouterError::UnknownAgent(_)) => {}
+            Err(error) => tracing::warn!(%error, "agent skills refused by the router"),
+        }
+        self.drain_router(now);
+    }
+
     /// REGISTER from an agent's phone: digest authentication, then the registrar.
     pub(super) fn handle_register(
         &mut self,

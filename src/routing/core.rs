@@ -133,6 +133,13 @@ pub enum RouterInput {
     AgentReady {
         agent: AgentId,
     },
+    /// New proficiencies for a logged-in agent (a supervisor's change): the tiers the agent
+    /// serves follow at once and waiting callers they now qualify for can be offered; a call in
+    /// hand goes on. An agent not logged in is refused: their skills come with their login.
+    AgentSkills {
+        agent: AgentId,
+        skills: SkillSet,
+    },
     /// Immediately unless talking or in wrap-up, in which case it applies after the call.
     AgentNotReady {
         agent: AgentId,
@@ -421,6 +428,20 @@ pub enum RouterError {
 }
 
 // ---- internals ---------------------------------------------------------------------------
+
+fn check_proficiencies(agent: &AgentId, skills: &SkillSet) -> Result<(), RouterError> {
+    match skills
+        .iter()
+        .find(|(_, v)| !(MIN_PROFICIENCY..=MAX_PROFICIENCY).contains(*v))
+    {
+        Some((skill, &value)) => Err(RouterError::BadProficiency {
+            agent: agent.clone(),
+            skill: skill.clone(),
+            value,
+        }),
+        None => Ok(()),
+    }
+}
 
 type TimerKey = (u64, u64);
 
@@ -801,6 +822,17 @@ impl Router {
     fn apply(&mut self, now: u64, input: RouterInput) -> Result<(), RouterError> {
         match input {
             RouterInput::AgentLogin { agent, skills } => self.login(now, agent, skills),
+            RouterInput::AgentSkills { agent, skills } => {
+                check_proficiencies(&agent, &skills)?;
+                let a = self.logged_in(&agent)?;
+                self.agents[a as usize].skills = skills;
+                // The same rules again: every agent's tiers and staffing are rebuilt, callers
+                // stay where they are (no queue changed), and settling offers the ones this
+                // agent can take now.
+                let rules = self.rules.clone();
+                self.replace_rules(now, rules);
+                Ok(())
+            }
             RouterInput::AgentLogout { agent } => {
                 let a = self.logged_in(&agent)?;
                 match self.agents[a as usize].state.clone() {
@@ -923,16 +955,7 @@ impl Router {
     }
 
     fn login(&mut self, now: u64, agent: AgentId, skills: SkillSet) -> Result<(), RouterError> {
-        if let Some((skill, &value)) = skills
-            .iter()
-            .find(|(_, v)| !(MIN_PROFICIENCY..=MAX_PROFICIENCY).contains(*v))
-        {
-            return Err(RouterError::BadProficiency {
-                agent,
-                skill: skill.clone(),
-                value,
-            });
-        }
+        check_proficiencies(&agent, &skills)?;
         let a = match self.agent_index.get(&agent) {
             Some(&a) if self.agents[a as usize].state != AgentState::Offline => {
                 return Err(RouterError::AlreadyLoggedIn(agent));
@@ -1841,6 +1864,51 @@ mod tests {
 
     const TWO_QUEUES: &str = "[[queue]]\nid = \"a\"\nrequires = { english = 1 }\n\
         [[queue]]\nid = \"b\"\nrequires = { spanish = 1 }\n";
+
+    #[test]
+    fn new_skills_take_effect_at_once_for_waiting_callers() {
+        let mut r = Router::new(rules(TWO_QUEUES));
+        ready(&mut r, 0, "x", &[("english", 3)]);
+        join(&mut r, 10, "es1", "b", 0);
+        assert!(offers(&drain(&mut r)).is_empty(), "x speaks no Spanish yet");
+        r.handle_input(
+            20,
+            RouterInput::AgentSkills {
+                agent: "x".into(),
+                skills: skills(&[("english", 3), ("spanish", 4)]),
+            },
+        )
+        .unwrap();
+        let outs = drain(&mut r);
+        assert_eq!(offers(&outs), vec![("es1".into(), "x".into())]);
+        assert!(
+            !events(&outs)
+                .iter()
+                .any(|e| e.kind == QueueEventKind::Joined),
+            "nobody is re-queued: {outs:?}"
+        );
+        // Out of range, and agents not logged in, are refused; nothing changes.
+        assert!(matches!(
+            r.handle_input(
+                30,
+                RouterInput::AgentSkills {
+                    agent: "x".into(),
+                    skills: skills(&[("spanish", 9)]),
+                },
+            ),
+            Err(RouterError::BadProficiency { .. })
+        ));
+        assert!(matches!(
+            r.handle_input(
+                30,
+                RouterInput::AgentSkills {
+                    agent: "nobody".into(),
+                    skills: skills(&[("spanish", 3)]),
+                },
+            ),
+            Err(RouterError::UnknownAgent(_))
+        ));
+    }
 
     #[test]
     fn an_agent_is_never_offered_two_calls() {

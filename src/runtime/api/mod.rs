@@ -148,6 +148,10 @@ pub const ROUTES: &[RouteSpec] = &[
         ..route("POST", "/api/v1/rules", MANAGER, "Apply a rule set: checked, written as a new version, swapped in atomically, logged")
     },
     RouteSpec {
+        body: Some("AgentSkillsChange"),
+        ..route("PUT", "/api/v1/agents/{id}/skills", MANAGER, "Replace an agent's skills: saved in agents.toml, applied at once, logged with who")
+    },
+    RouteSpec {
         body: Some("SimulationRequest"),
         ..route("POST", "/api/v1/simulate", MANAGER, "Replay a recorded period under proposed rules: predicted and actual service level, ASA, abandonment, longest wait per queue")
     },
@@ -232,6 +236,7 @@ fn handler(spec: &RouteSpec) -> MethodRouter<ApiState> {
         "GET" => MethodFilter::GET,
         "POST" => MethodFilter::POST,
         "PATCH" => MethodFilter::PATCH,
+        "PUT" => MethodFilter::PUT,
         other => panic!("method {other} in ROUTES"),
     };
     let get_only = |m: MethodRouter<ApiState>| {
@@ -259,6 +264,7 @@ fn handler(spec: &RouteSpec) -> MethodRouter<ApiState> {
         ("POST", "/api/v1/rules/validate") => on(filter, rules::validate),
         ("POST", "/api/v1/rules/rollback") => on(filter, rules::rollback),
         ("POST", "/api/v1/simulate") => on(filter, simulate::run),
+        ("PUT", "/api/v1/agents/{id}/skills") => on(filter, rules::set_agent_skills),
         (_, "/api/v1/export/calls.csv") => get_only(get(export::calls_csv)),
         (_, "/api/v1/export/queue_events.csv") => get_only(get(export::queue_events_csv)),
         (_, "/metrics") => get_only(get(prometheus::serve)),

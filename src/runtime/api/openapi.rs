@@ -49,6 +49,15 @@ fn schemas() -> Value {
                 "agents_toml": {"type": "string", "description": "validate only: checked against the proposed queues (apply refuses it: agents change at restart)"}
             }
         },
+        "AgentSkillsChange": {
+            "type": "object",
+            "required": ["skills"],
+            "additionalProperties": false,
+            "properties": {
+                "skills": {"type": "object", "description": "skill -> proficiency 1..5; skills must be declared in queues.toml",
+                           "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 5}}
+            }
+        },
         "SimulationRequest": {
             "type": "object",
             "required": ["queues_toml", "from", "to"],

@@ -265,3 +265,117 @@ pub async fn versions(State(state): State<ApiState>) -> Result<Json<Value>, ApiE
         "versions": versions,
     })))
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSkillsChange {
+    /// The agent's whole skill set: skill -> proficiency 1..=5.
+    skills: std::collections::BTreeMap<String, i64>,
+}
+
+/// `PUT /api/v1/agents/{id}/skills`: replaces one agent's skills. The agents file is edited in
+/// place (only that agent's `skills` line; comments and credentials stay), checked with the
+/// loader start-up uses against the rules in force, written atomically, then handed to the
+/// engine, which applies it at once (waiting callers the agent now qualifies for can be
+/// offered) and records who changed what.
+pub async fn set_agent_skills(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    ApiJson(body): ApiJson<AgentSkillsChange>,
+) -> Result<Json<Value>, ApiError> {
+    let control = control(&state)?;
+    let mut fields = std::collections::BTreeMap::new();
+    for (skill, &value) in &body.skills {
+        if !(1..=5).contains(&value) {
+            fields.insert(
+                format!("skills.{skill}"),
+                "a proficiency from 1 to 5".to_string(),
+            );
+        }
+    }
+    if !fields.is_empty() {
+        return Err(ApiError::fields(fields));
+    }
+    let skills: crate::routing::rules::SkillSet = body
+        .skills
+        .iter()
+        .map(|(k, &v)| (k.clone(), v as u8))
+        .collect();
+    let _one_at_a_time = control.lock.lock().await;
+    let internal = |what: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, what);
+    let text = std::fs::read_to_string(&control.agents_path).map_err(|e| {
+        internal(format!(
+            "cannot read {}: {e}",
+            control.agents_path.display()
+        ))
+    })?;
+    let edited = with_skills(&text, &id, &skills)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such agent in the agents file"))?;
+    let rules = Rules::load(&control.queues_path).map_err(|e| rules_error("queues_toml", &e))?;
+    parse_agents(&edited, &control.agents_path, &rules).map_err(|e| rules_error("skills", &e))?;
+    write_atomically(&control.agents_path, &edited).map_err(|e| {
+        internal(format!(
+            "cannot write {}: {e}",
+            control.agents_path.display()
+        ))
+    })?;
+    control
+        .engine
+        .send(Input::AgentSkills {
+            agent: id.clone(),
+            skills: skills.clone(),
+        })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let now = unix_ms_now();
+    let detail = json!({ "agent": id, "skills": skills, "by": caller.by() });
+    control.log.append(StoredEvent {
+        occurred_at_ms: now,
+        call_ref: format!("agent:{id}"),
+        sip_call_id: String::new(),
+        kind: "agent_skills".into(),
+        status_code: None,
+        reason: Some("changed".into()),
+        duration_ms: None,
+        caller: None,
+        detail: Some(detail.to_string()),
+    });
+    tracing::info!(agent = %id, by = %caller.by(), "agent skills changed through the API");
+    Ok(Json(
+        json!({ "agent": id, "skills": skills, "changed_by": caller.by() }),
+    ))
+}
+
+/// The agents file with agent `id`'s `skills` replaced (an inline table, the file's other
+/// text untouched); None when no `[[agent]]` has that id.
+fn with_skills(text: &str, id: &str, skills: &crate::routing::rules::SkillSet) -> Option<String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().ok()?;
+    let agents = doc.get_mut("agent")?.as_array_of_tables_mut()?;
+    let agent = agents
+        .iter_mut()
+        .find(|a| a.get("id").and_then(|v| v.as_str()) == Some(id))?;
+    let mut table = toml_edit::InlineTable::new();
+    for (skill, &value) in skills {
+        table.insert(skill, i64::from(value).into());
+    }
+    agent.insert("skills", toml_edit::value(table));
+    Some(doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_agents_skills_line_changes() {
+        let text = "# agents\n[[agent]]\nid = \"a\"\nname = \"A\" # keep\nskills = { english = 2 }\n\n[[agent]]\nid = \"b\"\nskills = { spanish = 3 }\n";
+        let skills = [("english".to_string(), 4), ("water".to_string(), 1)].into();
+        let edited = with_skills(text, "a", &skills).unwrap();
+        assert_eq!(
+            edited,
+            "# agents\n[[agent]]\nid = \"a\"\nname = \"A\" # keep\nskills = { english = 4, water = 1 }\n\n[[agent]]\nid = \"b\"\nskills = { spanish = 3 }\n"
+        );
+        assert_eq!(with_skills(text, "nobody", &skills), None);
+    }
+}
