@@ -2,7 +2,10 @@
 //! (`routing-rules/categories.toml`), the place (house number and a street from
 //! `routing-rules/streets.txt`), the cleaned text and a confidence in 0..1. Speech-to-text
 //! errors ("PowerCave" for "Park Avenue", "part hole" for "pothole") are survived by fuzzy
-//! matching on letters with spaces removed and on a rough phonetic key of the consonants.
+//! matching on letters with spaces removed, on a rough phonetic key of the consonants and, for
+//! streets, on a weighted edit distance between rough sounds ("Merch Street" is nearly "Birch
+//! Street": vowels and sounds that differ in one feature cost less). Keywords also match with
+//! a plural "s" either way and, when long, with their first letters swallowed ("ray painted").
 
 use std::path::{Path, PathBuf};
 
@@ -94,29 +97,37 @@ struct CategoryFile {
     hints: Vec<Spanned<String>>,
 }
 
-/// Letters of one or more words joined without spaces, their count and their phonetic key.
+/// Letters of one or more words joined without spaces, their count, their phonetic key and
+/// their sounds (`sounds`) with the sounds' weighted length.
 #[derive(Debug, Clone, PartialEq)]
 struct Form {
     letters: String,
     chars: usize,
     key: String,
+    sounds: Vec<u8>,
+    sounds_len: f64,
 }
 
 impl Form {
     fn new(letters: String) -> Form {
         let key = phonetic_key(&letters);
+        let sounds = sounds(&letters);
         Form {
             chars: letters.chars().count(),
+            sounds_len: sounds.iter().map(|&s| sound_weight(s)).sum(),
+            sounds,
             letters,
             key,
         }
     }
 }
 
-/// A keyword or hint: its letters joined, how many letters and words, and what it counts.
+/// A keyword or hint: its letters joined, the same with each word's plural "s" dropped (`stem`),
+/// how many letters and words, and what it counts.
 #[derive(Debug, Clone)]
 struct Phrase {
     letters: String,
+    stem: String,
     chars: usize,
     words: usize,
     weight: f64,
@@ -248,6 +259,7 @@ impl Categories {
                 let letters = words.concat();
                 phrases.push(Phrase {
                     chars: letters.chars().count(),
+                    stem: stem_of(&words),
                     letters,
                     words: words.len(),
                     weight,
@@ -540,6 +552,7 @@ struct Window {
     start: usize,
     len: usize,
     letters: String,
+    stem: String,
     chars: usize,
 }
 
@@ -553,11 +566,33 @@ fn windows(words: &[String], max: usize) -> Vec<Window> {
                 start,
                 len,
                 chars: letters.chars().count(),
+                stem: stem_of(&words[start..start + len]),
                 letters,
             });
         }
     }
     out
+}
+
+/// Words joined with a plural "s" dropped from each ("wheelchairs" -> "wheelchair", "months"
+/// -> "month"): a caller says one or many as it happens, and neither changes the problem. Only
+/// words of four letters or more, and not "ss" ("mattress") nor "us"/"is" ("bus", "this").
+fn stem_of(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let plural = w.len() >= 4
+                && w.ends_with('s')
+                && !w.ends_with("ss")
+                && !w.ends_with("us")
+                && !w.ends_with("is");
+            if plural {
+                &w[..w.len() - 1]
+            } else {
+                w.as_str()
+            }
+        })
+        .collect()
 }
 
 /// The best match's score counts in full, the next three (not overlapping it) 0.3 each.
@@ -606,8 +641,10 @@ fn phrase_match(phrase: &Phrase, windows: &[Window]) -> Option<(f64, usize, usiz
             continue;
         }
         // Fuzzy only with the first letter right: "parking" is not "barking".
-        let score = if w.letters == phrase.letters {
+        let score = if w.letters == phrase.letters || w.stem == phrase.stem {
             1.0
+        } else if let Some(s) = clipped_start(w, phrase, allowed) {
+            s
         } else if allowed == 0
             || w.chars.abs_diff(len) > allowed
             || w.letters.chars().next() != phrase.letters.chars().next()
@@ -626,6 +663,21 @@ fn phrase_match(phrase: &Phrase, windows: &[Window]) -> Option<(f64, usize, usiz
         }
     }
     best
+}
+
+/// A long phrase heard without its first sounds ("ray painted" for "spray painted"): the start
+/// of a phrase is often swallowed or merged into the word before. Only phrases of ten letters or
+/// more, with just the phrase's first one or two letters missing and the rest exact, so that
+/// the first-letter rule still guards short words.
+fn clipped_start(w: &Window, phrase: &Phrase, allowed: usize) -> Option<f64> {
+    if phrase.chars < 10 || w.len + 1 < phrase.words || w.len > phrase.words {
+        return None;
+    }
+    let missing = phrase.chars.checked_sub(w.chars)?;
+    if !(1..=allowed.min(2)).contains(&missing) || !phrase.letters.ends_with(&w.letters) {
+        return None;
+    }
+    Some(0.95 * (1.0 - missing as f64 / phrase.chars as f64))
 }
 
 struct Place {
@@ -832,6 +884,16 @@ fn similarity(a: &Form, b: &Form) -> f64 {
     if keyed && letters >= 0.5 && key_bound >= SIMILARITY_FLOOR {
         best = best.max(0.9 * strsim::normalized_levenshtein(&a.key, &b.key));
     }
+    // Sounds: "Maine" is "Main", "Merch" is nearly "Birch" (m and b are both said with the
+    // lips). Only when the first sounds are alike and the letters are not far apart, for the
+    // same reason as the key.
+    if letters_bound >= 0.5 && sounds_alike_at_start(&a.sounds, &b.sounds) {
+        let bound = 1.0 - (a.sounds_len - b.sounds_len).abs() / a.sounds_len.max(b.sounds_len);
+        if bound > best && bound >= SIMILARITY_FLOOR {
+            // Spelt differently is never a certain match, however alike it sounds.
+            best = best.max(sound_similarity(a, b).min(0.95));
+        }
+    }
     if best < SIMILARITY_FLOOR {
         0.0
     } else {
@@ -871,6 +933,140 @@ fn phonetic_key(letters: &str) -> String {
         }
     }
     out
+}
+
+/// The cost of hearing one sound for another: 0 for the same, 1 for unrelated ones.
+const SOUND_UNRELATED: f64 = 1.0;
+/// Two vowels: the least reliable part of a word on a phone line, and unstressed ones blur.
+const SOUND_VOWELS: f64 = 0.25;
+/// Two consonants that differ in one feature (voice, nasality, place nearby): recognisers mix
+/// them up far more often than others.
+const SOUND_CONFUSABLE: f64 = 0.5;
+/// Consonant pairs that differ in one articulatory feature. Symbols are those of `sounds`:
+/// `c` is "ch", `x` is "sh", `q` is "th".
+const CONFUSABLE: &[[u8; 2]] = &[
+    *b"pb", *b"td", *b"kg", *b"fv", *b"sz", *b"cj", // voiced and voiceless
+    *b"mn", *b"mb", *b"nd", // a nasal and a stop said at the same place
+    *b"bv", *b"pf", *b"wv", // lips
+    *b"sq", *b"fq", *b"tq", *b"dq", // "th"
+    *b"xs", *b"xc", *b"kc", *b"gj", *b"zj", // hissing and hushing sounds
+    *b"lr", // liquids
+];
+
+fn is_vowel_sound(s: u8) -> bool {
+    matches!(s, b'a' | b'e' | b'i' | b'o' | b'u')
+}
+
+/// How much a sound weighs in a word: a vowel half a consonant, as in the edit costs.
+fn sound_weight(s: u8) -> f64 {
+    if is_vowel_sound(s) {
+        0.5
+    } else {
+        1.0
+    }
+}
+
+fn substitution_cost(a: u8, b: u8) -> f64 {
+    if a == b {
+        0.0
+    } else if is_vowel_sound(a) && is_vowel_sound(b) {
+        SOUND_VOWELS
+    } else if CONFUSABLE.contains(&[a, b]) || CONFUSABLE.contains(&[b, a]) {
+        SOUND_CONFUSABLE
+    } else {
+        SOUND_UNRELATED
+    }
+}
+
+/// English spelling to rough sounds (a small Metaphone): "ck", "ph", "sh", "ch", "th", soft
+/// "c" and "g", silent "gh", "kn", "wr" and final "e" are resolved; vowel runs keep their first
+/// vowel, "y" is a vowel unless one follows, "h" and "w" after a vowel are dropped, repeats
+/// collapse. A form with a digit has no sounds: numbers are matched on their letters ("400" is
+/// not "4th", "7th" is not "4th"). "jackson" -> "jakson", "maine" -> "man", "phillips" ->
+/// "filips"; `q` stands for "th".
+fn sounds(letters: &str) -> Vec<u8> {
+    if letters.bytes().any(|c| c.is_ascii_digit()) {
+        return Vec::new();
+    }
+    let b: Vec<u8> = letters.bytes().filter(u8::is_ascii_lowercase).collect();
+    let at = |i: usize| b.get(i).copied().unwrap_or(0);
+    let vowel = |c: u8| matches!(c, b'a' | b'e' | b'i' | b'o' | b'u' | b'y');
+    let soft = |c: u8| matches!(c, b'e' | b'i' | b'y');
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let (c, next) = (b[i], at(i + 1));
+        let prev_vowel = i > 0 && vowel(b[i - 1]);
+        let (sound, used): (&[u8], usize) = match (c, next) {
+            (b'c', b'k') | (b'c', b'q') => (b"k", 2),
+            (b'c', b'h') => (b"c", 2),
+            (b'c', n) if soft(n) => (b"s", 1),
+            (b'c', _) | (b'q', _) => (b"k", 1),
+            (b'p', b'h') => (b"f", 2),
+            (b's', b'h') => (b"x", 2),
+            (b't', b'h') => (b"q", 2),
+            (b't', b'c') if at(i + 2) == b'h' => (b"", 1),
+            (b'd', b'g') if soft(at(i + 2)) => (b"j", 2),
+            (b'g', b'h') if i > 0 => (b"", 2),
+            (b'g', n) if soft(n) && i > 0 => (b"j", 1),
+            (b'k', b'n') | (b'g', b'n') if i == 0 => (b"", 1),
+            (b'w', b'r') if i == 0 => (b"", 1),
+            (b'x', _) => (b"ks", 1),
+            (b'e', _) if i + 1 == b.len() && i >= 3 && !prev_vowel => (b"", 1),
+            (b'y', n) if !vowel(n) => (b"i", 1),
+            (b'h', _) | (b'w', _) if prev_vowel => (b"", 1),
+            (c, _) if vowel(c) && prev_vowel => (b"", 1),
+            _ => (std::slice::from_ref(&b[i]), 1),
+        };
+        for &s in sound {
+            if out.last() != Some(&s) {
+                out.push(s);
+            }
+        }
+        i += used;
+    }
+    out
+}
+
+/// Whether two words start alike enough to be the same name misheard: the same or confusable
+/// first sounds, or both starting with a vowel.
+fn sounds_alike_at_start(a: &[u8], b: &[u8]) -> bool {
+    match (a.first(), b.first()) {
+        (Some(&x), Some(&y)) => substitution_cost(x, y) <= SOUND_CONFUSABLE,
+        _ => false,
+    }
+}
+
+/// 1 minus the weighted edit distance of the sounds (vowels count half, confusable consonants
+/// half, a swap of neighbours one) over the longer weighted length.
+fn sound_similarity(a: &Form, b: &Form) -> f64 {
+    let (x, y) = (&a.sounds, &b.sounds);
+    let longest = a.sounds_len.max(b.sounds_len);
+    if longest == 0.0 {
+        return 0.0;
+    }
+    // Optimal string alignment distance, three rows.
+    let mut before: Vec<f64> = Vec::new();
+    let mut above: Vec<f64> = std::iter::once(0.0)
+        .chain(y.iter().scan(0.0, |sum, &s| {
+            *sum += sound_weight(s);
+            Some(*sum)
+        }))
+        .collect();
+    for i in 1..=x.len() {
+        let mut row = vec![above[0] + sound_weight(x[i - 1]); y.len() + 1];
+        for j in 1..=y.len() {
+            let mut d = (above[j] + sound_weight(x[i - 1]))
+                .min(row[j - 1] + sound_weight(y[j - 1]))
+                .min(above[j - 1] + substitution_cost(x[i - 1], y[j - 1]));
+            if i > 1 && j > 1 && x[i - 1] == y[j - 2] && x[i - 2] == y[j - 1] {
+                d = d.min(before[j - 2] + 1.0);
+            }
+            row[j] = d;
+        }
+        before = std::mem::replace(&mut above, row);
+    }
+    (1.0 - above[y.len()] / longest).max(0.0)
 }
 
 fn suffix_exact(word: &str) -> Option<usize> {
@@ -1745,6 +1941,116 @@ mod tests {
             "It's been 3 days.",
         ] {
             let d = draft(text, &categories, &streets);
+            assert_eq!(d.address, None, "{text:?}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn misheard_street_names_match_by_sound() {
+        let (categories, streets) = rules();
+        for (text, street) in [
+            (
+                "A dog has been barking all night across from the On-Merch Street.",
+                "Birch Street",
+            ),
+            ("Potholes on Maine Street.", "Main Street"),
+            ("Graffiti on the wall of Collage Avenue.", "College Avenue"),
+            (
+                "People keep dumping at the corner of Marlickett Street.",
+                "Market Street",
+            ),
+        ] {
+            let d = draft(text, &categories, &streets);
+            let a = d.address.as_ref().expect(text);
+            assert_eq!(a.street, street, "{text:?}: {d:?}");
+            // Heard differently from how it is spelt: never a full-strength match.
+            assert!(a.score < 0.96, "{text:?}: {d:?}");
+        }
+        let s = |w: &str| String::from_utf8(sounds(w)).unwrap();
+        assert_eq!(s("jackson"), "jakson");
+        assert_eq!(s("maine"), "man");
+        assert_eq!(s("phillips"), "filips");
+        assert_eq!(s("birch"), "birc");
+        assert_eq!(s("smith"), "smiq");
+        // Numbered streets go by their letters only: "7th" is not "4th", "400" is not "4th".
+        assert_eq!(s("7th"), "");
+        assert_eq!(s("400"), "");
+    }
+
+    #[test]
+    fn sounds_do_not_invent_streets() {
+        let (categories, streets) = rules();
+        for text in [
+            "I was on hold for an hour.",
+            "It happened on Monday, on my way to work.",
+            "We were on time and on budget.",
+            "The house is on fire.",
+            "I'm calling on behalf of my mother.",
+            "It depends on money, honestly.",
+            "He lives across from the church.",
+            "The kids were walking on the grass.",
+            "I'm on the phone with the bank.",
+            "We met at Mercy Hospital.",
+            "The bus was late again on Tuesday.",
+            "It's on Marsh Street.",
+            "It's on Mason Street.",
+            "It's on Ocean Avenue.",
+            "It's on Bush Street.",
+            "Spray painted tags at 400 well known streets.",
+        ] {
+            let d = draft(text, &categories, &streets);
+            assert_eq!(d.address, None, "{text:?}: {d:?}");
+        }
+        // A numbered street is still told from the others by its number.
+        let d = draft("Trash dumped on 7th Avenue.", &categories, &streets);
+        assert_eq!(d.address.map(|a| a.street).as_deref(), Some("7th Avenue"));
+    }
+
+    #[test]
+    fn plurals_and_swallowed_starts_still_count() {
+        let (categories, streets) = rules();
+        for (text, category) in [
+            // "wheelchair" is a hint: its plural counts the same.
+            (
+                "It's a problem for people in wheelchairs.",
+                "sidewalk_damage",
+            ),
+            // "spray painted" with its "sp" lost; "we're heated" is close to "heaved" but the
+            // whole phrase is the better evidence.
+            (
+                "Some once ray painted, we're heated all over the wall.",
+                "graffiti",
+            ),
+            ("Street lamps out all along the block.", "streetlight_out"),
+        ] {
+            let d = draft(text, &categories, &streets);
+            assert_eq!(d.category.as_deref(), Some(category), "{text:?}: {d:?}");
+        }
+        let stem = |w: &[&str]| stem_of(&w.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+        assert_eq!(stem(&["wheelchairs"]), "wheelchair");
+        assert_eq!(stem(&["pot", "holes"]), "pothole");
+        for kept in ["mattress", "bus", "this", "gas", "tennis"] {
+            assert_eq!(stem(&[kept]), kept);
+        }
+    }
+
+    #[test]
+    fn unrelated_talk_is_never_a_confident_draft() {
+        let (categories, streets) = rules();
+        for text in [
+            "The weather is lovely today and my garden looks great.",
+            "I need to renew my library card.",
+            "Can you tell me when the office opens?",
+            "Please call me back tomorrow morning.",
+            "My grandmother lives in Ohio.",
+            "She painted her nails and went to the mall.",
+            "The pharmacy on the corner sells paint.",
+            "The light went on again at midnight.",
+            "I'm at work and I'm stressed.",
+            "There is a problem at the top of the hill.",
+        ] {
+            let d = draft(text, &categories, &streets);
+            assert!(d.confidence < 0.4, "{text:?}: {d:?}");
             assert_eq!(d.address, None, "{text:?}: {d:?}");
         }
     }
