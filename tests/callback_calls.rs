@@ -367,3 +367,51 @@ async fn stored_callbacks_are_restored_at_start() {
     second.shutdown();
     second.wait().await.unwrap();
 }
+
+/// A callback that used up its attempts is in the manager's report.
+#[tokio::test]
+async fn a_failed_callback_shows_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = civicline::runtime::start(common::test_config(dir.path()))
+        .await
+        .unwrap();
+    let at = common::unix_ms() - 60_000;
+    let event = |reason: &str, offset: i64| civicline::runtime::store::StoredEvent {
+        occurred_at_ms: at + offset,
+        call_ref: "cb-report-1".into(),
+        sip_call_id: String::new(),
+        kind: "callback".into(),
+        status_code: None,
+        reason: Some(reason.into()),
+        duration_ms: None,
+        caller: None,
+        detail: Some("{}".into()),
+    };
+    let rows: Vec<_> = [
+        "requested",
+        "dialing",
+        "attempt_failed",
+        "dialing",
+        "attempt_failed",
+        "failed",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, r)| event(r, i as i64))
+    .collect();
+    server.store.append(&rows).await.unwrap();
+    server.shutdown();
+    server.wait().await.unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_civicline"))
+        .args(["report", "--data-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "Callbacks: 1 requested, 0 numbers refused by the dial plan, 2 calls to residents (2 unanswered or failed), 0 connected, 0 completed, 1 given up after all attempts"
+        ),
+        "{text}"
+    );
+}
