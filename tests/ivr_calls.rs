@@ -572,9 +572,10 @@ fn a_waiting_caller_hears_position_and_wait_on_joining_and_every_minute() {
         .map(|e| serde_json::from_str(e.detail.as_deref().unwrap()).unwrap())
         .collect();
     assert_eq!(logged.len(), 3);
-    // 180 s promised, a minute passes, the estimate is still 180: (120 + 180) / 2 = 150.
+    // 180 s promised, a minute passes, the estimate is still 180: the countdown (120) moves
+    // towards it by 1 - exp(-60 / 120) = 0.39, so 120 + 0.39 * 60 = 144 (ewt::announce::smooth).
     assert_eq!(logged[0]["announced_s"], 180);
-    assert_eq!(logged[1]["announced_s"], 150);
+    assert_eq!(logged[1]["announced_s"], 144);
     assert!(logged.iter().all(|l| l["position"] == 1));
 }
 

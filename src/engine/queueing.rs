@@ -296,31 +296,29 @@ impl WaitEstimate {
     }
 }
 
-/// What a caller is told: smoothed against the last announcement so it never jumps about, and
-/// never below what is plausible for a caller who has already waited longer than promised
-/// (counting down to zero and past it is the bug to avoid: "less than a minute" then).
-pub fn smoothed_announcement(previous: Option<(f64, f64)>, estimate_s: f64) -> f64 {
-    let estimate_s = estimate_s.max(0.0);
-    match previous {
-        // (announced, seconds since): what we promised, counted down, weighs as much as the
-        // new figure.
-        Some((announced, since)) => 0.5 * (announced - since).max(0.0) + 0.5 * estimate_s,
-        None => estimate_s,
-    }
-}
-
-/// Prompts for "you are caller number N; your estimated wait is about M minutes".
+/// Prompts for "you are caller number N; your estimated wait is about M minutes", worded by
+/// `ewt::announce::words_for_wait` (whole minutes up to ten, then fives, "more than an hour").
 pub fn announcement_prompts(position: usize, wait_s: f64, language: &str) -> Vec<String> {
+    use crate::ewt::announce::{words_for_wait, Announcement};
     let mut prompts = vec!["your_position_is".to_string()];
     prompts.extend(crate::numbers::say_number(position as u32 + 1, language));
-    prompts.push("estimated_wait".into());
-    let minutes = (wait_s / 60.0).round() as u32;
-    if minutes == 0 {
-        prompts.push("less_than_a_minute".into());
-    } else {
-        prompts.push("about".into());
-        prompts.extend(crate::numbers::say_number(minutes, language));
-        prompts.push("minutes".into());
+    match words_for_wait(wait_s) {
+        Announcement::LessThanAMinute => {
+            prompts.push("estimated_wait".into());
+            prompts.push("less_than_a_minute".into());
+        }
+        Announcement::AboutMinutes(minutes) => {
+            prompts.push("estimated_wait".into());
+            prompts.push("about".into());
+            prompts.extend(crate::numbers::say_number(minutes, language));
+            prompts.push("minutes".into());
+        }
+        Announcement::MoreThanAnHour => {
+            prompts.push("estimated_wait".into());
+            prompts.push("more_than_an_hour".into());
+        }
+        // No figure worth giving: the position alone.
+        Announcement::Unknown => {}
     }
     prompts
 }
@@ -472,10 +470,13 @@ impl Engine {
             .estimate_s(&q.router, &q.setup.agents, &call_ref, ms)
             .unwrap_or(FALLBACK_WAIT_S);
         let waiting = q.queued.get_mut(&number)?;
-        let previous = waiting
-            .announced
-            .map(|(s, at)| (s, now.saturating_duration_since(at).as_secs_f64()));
-        let announced = smoothed_announcement(previous, estimate);
+        // The last figure counted down and blended towards the new estimate, rises capped
+        // (ewt::announce::smooth): it never jumps about.
+        let (previous, elapsed) = match waiting.announced {
+            Some((s, at)) => (Some(s), now.saturating_duration_since(at).as_secs_f64()),
+            None => (None, 0.0),
+        };
+        let announced = crate::ewt::announce::smooth(previous, estimate, elapsed);
         waiting.announced = Some((announced, now));
         let offer_callback = self
             .config
