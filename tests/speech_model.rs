@@ -32,12 +32,12 @@ fn corpus_categories_and_addresses_with_the_real_model() {
     // Floors a little under the measured figures (see BENCHMARKS.md), so a real regression
     // fails and decoder noise between machines does not.
     assert!(
-        report.category_right * 100 >= report.utterances * 65,
+        report.category_right * 100 >= report.utterances * 70,
         "{}",
         report.summary()
     );
     assert!(
-        report.address_right * 100 >= report.utterances * 30,
+        report.address_right * 100 >= report.utterances * 35,
         "{}",
         report.summary()
     );
