@@ -660,3 +660,46 @@ fn restored_callbacks_keep_their_original_order() {
         serde_json::from_str(dialing.detail.as_deref().unwrap()).unwrap();
     assert!(detail["waited_ms"].as_u64().unwrap() >= 900_000, "{detail}");
 }
+
+/// The live view (wallboard, /api/v1/live) counts waits from the join on the router's clock,
+/// and a resident who hung up keeping their place is still listed, as callback_pending.
+#[test]
+fn the_live_view_shows_waits_and_pending_callbacks() {
+    let mut w = World::new(3);
+    w.caller_joins("3125550142");
+    w.advance(Duration::from_secs(90));
+    let live = w.engine.live_snapshot(w.now);
+    let general = live.queues.iter().find(|q| q.id == "general_en").unwrap();
+    assert_eq!(general.waiting, 1);
+    assert!((90..=91).contains(&general.longest_wait_s), "{general:?}");
+    let call = live
+        .calls
+        .iter()
+        .find(|c| c.call_ref == w.call_ref)
+        .unwrap();
+    assert_eq!((call.phase, call.waited_s), ("queued", 90));
+
+    let call_ref = w.call_ref.clone();
+    w.key('1');
+    w.key('1');
+    w.prompt_done(&call_ref); // goodbye, BYE
+    let bye = w.sent.last().unwrap().clone();
+    assert_eq!(bye.method(), Some("BYE"));
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        bye.header("Via").unwrap(),
+        bye.header("From").unwrap(),
+        bye.header("To").unwrap(),
+        bye.header("Call-ID").unwrap(),
+        bye.header("CSeq").unwrap()
+    );
+    let caller = w.caller;
+    w.sip(caller, ok);
+    w.advance(Duration::from_secs(30));
+    let live = w.engine.live_snapshot(w.now);
+    let general = live.queues.iter().find(|q| q.id == "general_en").unwrap();
+    assert_eq!(general.waiting, 1, "the callback keeps its place in line");
+    let call = live.calls.iter().find(|c| c.call_ref == call_ref).unwrap();
+    assert_eq!(call.phase, "callback_pending");
+    assert!((120..=122).contains(&call.waited_s), "{call:?}");
+}

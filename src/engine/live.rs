@@ -47,7 +47,10 @@ pub struct LiveAgent {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LiveCall {
     pub call_ref: String,
-    /// ivr (anything before a queue: menus, recording, prompts), queued, ringing, talking.
+    /// ivr (anything before a queue: menus, recording, prompts), queued, ringing, talking;
+    /// for a resident who hung up keeping their place: callback_pending (in line or between
+    /// attempts), callback_dialing (an agent answered, the resident's phone rings),
+    /// callback_talking.
     pub phase: &'static str,
     pub queue: Option<String>,
     /// Queued: since first joining a queue. Otherwise: since the call arrived.
@@ -146,6 +149,25 @@ impl Engine {
                 queue,
                 waited_s,
             });
+        }
+        if let Some(q) = queueing {
+            for (call_ref, callback) in &q.callbacks {
+                use super::callback::CallbackState;
+                if self.call_refs.contains_key(call_ref) {
+                    continue; // still on the line, hearing the goodbye: listed above
+                }
+                let phase = match callback.state {
+                    CallbackState::Waiting | CallbackState::Parked { .. } => "callback_pending",
+                    CallbackState::Dialing { .. } => "callback_dialing",
+                    CallbackState::Talking { .. } => "callback_talking",
+                };
+                live.calls.push(LiveCall {
+                    call_ref: call_ref.clone(),
+                    phase,
+                    queue: callback.queue.as_ref().map(|q| q.0.clone()),
+                    waited_s: now_ms.saturating_sub(callback.joined_ms) / 1000,
+                });
+            }
         }
         live.calls.sort_by(|a, b| a.call_ref.cmp(&b.call_ref));
         live

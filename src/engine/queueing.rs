@@ -1638,9 +1638,11 @@ fn leg_cancel(leg: &AgentLeg) -> SipMessage {
 /// Read access for the live view (`engine::live`), which must not reach into this file's state.
 impl Queueing {
     /// The router's clock at `now` (ms since the engine first saw the clock); None before that.
+    /// The router's clock at `now` (see `ms`), without starting it.
     pub(super) fn router_ms(&self, now: Instant) -> Option<u64> {
-        self.epoch
-            .map(|epoch| now.saturating_duration_since(epoch).as_millis() as u64)
+        self.epoch.map(|epoch| {
+            ROUTER_CLOCK_BASE_MS + now.saturating_duration_since(epoch).as_millis() as u64
+        })
     }
 
     pub(super) fn setup(&self) -> &RoutingSetup {
