@@ -374,8 +374,8 @@ impl Queueing {
     /// `ROUTER_CLOCK_BASE_MS`, so that a callback restored after a restart can be placed at
     /// the join time it had (up to that long ago) without going below zero.
     pub(super) fn ms(&mut self, now: Instant) -> u64 {
-        let epoch = *self.epoch.get_or_insert(now);
-        ROUTER_CLOCK_BASE_MS + now.saturating_duration_since(epoch).as_millis() as u64
+        self.epoch.get_or_insert(now);
+        self.router_ms(now).unwrap_or(ROUTER_CLOCK_BASE_MS)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
