@@ -34,11 +34,13 @@ pub async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
     let engine = state.engine.lock().map(|s| s.clone()).unwrap_or_default();
     let log = state.log.health();
     // Degraded, not down: calls are still answered while the store retries.
-    let status = if log.last_error.is_some() || state.speech.mode == "degraded" {
-        "degraded"
-    } else {
-        "ok"
-    };
+    let callbacks_unsaved = state.callbacks_unsaved.load(Ordering::Relaxed);
+    let status =
+        if log.last_error.is_some() || state.speech.mode == "degraded" || callbacks_unsaved > 0 {
+            "degraded"
+        } else {
+            "ok"
+        };
     let t = &state.transport;
     let body = json!({
         "status": status,
@@ -70,6 +72,9 @@ pub async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
             "done": state.speech.stats.done.load(Ordering::Relaxed),
             "failed": state.speech.stats.failed.load(Ordering::Relaxed),
             "refused_queue_full": state.speech.stats.refused_queue_full.load(Ordering::Relaxed),
+        },
+        "callbacks": {
+            "unsaved": callbacks_unsaved,
         },
         "event_log": {
             "backend": state.store_backend,

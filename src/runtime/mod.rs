@@ -94,6 +94,9 @@ pub struct HealthState {
     pub engine_inbound: mpsc::Sender<Input>,
     /// Agent ids known from agents.toml (the API answers 404 for others).
     pub agent_ids: Arc<Vec<String>>,
+    /// Callback states the store refused after every retry (such a callback would not survive
+    /// a restart): shown on /healthz, which then says degraded.
+    pub callbacks_unsaved: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How often the engine's live view is taken (and published when it changed).
@@ -261,6 +264,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         speech: speech.health(),
         engine_inbound: inbound_tx.clone(),
         agent_ids,
+        callbacks_unsaved: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     let auth = api::auth::Auth::new(&config.api.tokens)?;
     if auth.is_empty() {
@@ -310,7 +314,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             .await
             .context("engine channel")?;
     }
-    let callback_writer = CallbackWriter::spawn(store.clone());
+    let callback_writer = CallbackWriter::spawn(store.clone(), health.callbacks_unsaved.clone());
     let cases = CaseStore {
         store: store.clone(),
         answers: inbound_tx,
@@ -621,7 +625,7 @@ struct CallbackWriter {
 }
 
 impl CallbackWriter {
-    fn spawn(store: Store) -> CallbackWriter {
+    fn spawn(store: Store, unsaved: Arc<std::sync::atomic::AtomicU64>) -> CallbackWriter {
         let (rows, mut pending) = mpsc::unbounded_channel::<store::StoredCallback>();
         let task = tokio::spawn(async move {
             while let Some(row) = pending.recv().await {
@@ -630,6 +634,7 @@ impl CallbackWriter {
                     match store.upsert_callback(&row).await {
                         Ok(()) => break,
                         Err(error) if attempt == 6 => {
+                            unsaved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::error!(%error, call_ref = %row.call_ref, state = %row.state,
                                 "callback state NOT stored after 6 attempts: it will not survive a restart");
                         }
@@ -830,5 +835,44 @@ impl EventLog {
     /// Waits for the backlog to commit, but not forever: a failing store is handled at close.
     pub async fn flush_with_timeout(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.flush()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A callback state the store keeps refusing is retried, then counted (for /healthz) and
+    /// reported, never dropped without a trace. (Real time: sqlx's pool timeouts do not work
+    /// on a paused clock; the retries take about 3 s.)
+    #[tokio::test]
+    async fn callback_states_the_store_refuses_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let Store::Sqlite(pool) = &store else {
+            unreachable!("a sqlite URL")
+        };
+        sqlx::query("DROP TABLE callbacks")
+            .execute(pool)
+            .await
+            .unwrap();
+        let unsaved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = CallbackWriter::spawn(store.clone(), unsaved.clone());
+        writer.save(store::StoredCallback {
+            call_ref: "c-1".into(),
+            number: "3125550142".into(),
+            language: "en".into(),
+            queue: None,
+            attrs: "{}".into(),
+            priority: 0,
+            state: "waiting".into(),
+            attempts: 0,
+            last_result: None,
+            joined_at_ms: 0,
+            updated_at_ms: 0,
+        });
+        writer.finish(Duration::from_secs(60)).await;
+        assert_eq!(unsaved.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
