@@ -657,6 +657,11 @@ impl Engine {
                 until: now + setup.retry_after,
             };
         } else {
+            if queue.is_none() {
+                // A reload removed its queue: from now on the rules pick one by the caller's
+                // attributes.
+                c.queue = None;
+            }
             self.rejoin_callback(now, &call.0, queue);
         }
         true
