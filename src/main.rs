@@ -365,56 +365,51 @@ fn main() -> anyhow::Result<()> {
             seed,
             json,
         } => {
-            use civicline::routing::simulate::{self, SimulationInput, SimulationOptions};
+            use civicline::routing::simulate::{self, SimulationOptions};
+            use civicline::runtime::report::{simulate_period, ProposedRules};
             let cfg = load(config, data_dir)?;
             let time = |text: &str| {
                 civicline::runtime::report::parse_time(text)
                     .with_context(|| format!("not a time: {text:?} (2026-11-27T08:00 or unix ms)"))
             };
             let (from_ms, to_ms) = (time(&from)?, time(&to)?);
-            let proposed = civicline::routing::rules::Rules::load(&rules.join("queues.toml"))?;
-            let agents =
-                civicline::routing::rules::load_agents(&rules.join("agents.toml"), &proposed)?;
-            let running = if cfg.routing.queues.as_os_str().is_empty() {
-                None
-            } else {
-                civicline::routing::rules::Rules::load(&cfg.routing.queues).ok()
+            let proposed_rules =
+                civicline::routing::rules::Rules::load(&rules.join("queues.toml"))?;
+            let agents = civicline::routing::rules::load_agents(
+                &rules.join("agents.toml"),
+                &proposed_rules,
+            )?;
+            let proposed = ProposedRules {
+                rules: proposed_rules,
+                agents,
+                running: if cfg.routing.queues.as_os_str().is_empty() {
+                    None
+                } else {
+                    civicline::routing::rules::Rules::load(&cfg.routing.queues).ok()
+                },
             };
             let options = SimulationOptions {
                 seed,
                 ..SimulationOptions::default()
             };
-            let events = runtime()?.block_on(async {
-                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
-                // The warm-up before `from`, and an hour after `to` for the talk times of
-                // calls answered near the end.
-                let read_from = from_ms - options.warmup_ms as i64;
-                anyhow::Ok(
-                    civicline::runtime::report::queue_events(&store, read_from, to_ms + 3_600_000)
-                        .await?,
-                )
-            })?;
-            let input = SimulationInput {
-                events: &events,
-                from_ms: from_ms.max(0) as u64,
-                to_ms: to_ms.max(0) as u64,
-                rules: &proposed,
-                agents: &agents,
-                actual_rules: running.as_ref(),
-            };
-            let mut drawn = 0;
-            let mut progress = |done: usize, total: usize| {
+            let mut drawn = None;
+            let progress = move |done: usize, total: usize| {
                 // A 40-column bar on stderr, so the table on stdout stays clean.
                 let width = (done * 40).checked_div(total).unwrap_or(40);
-                if width != drawn || done == total {
-                    drawn = width;
+                if drawn != Some(width) || done == total {
+                    drawn = Some(width);
                     eprint!(
                         "\rreplaying [{:<40}] {done}/{total} arrivals",
                         "#".repeat(width)
                     );
                 }
             };
-            let report = simulate::simulate(&input, &options, &mut progress)?;
+            let report = runtime()?.block_on(async {
+                let store = civicline::runtime::store::Store::connect(&cfg.database_url()).await?;
+                anyhow::Ok(
+                    simulate_period(&store, from_ms, to_ms, proposed, options, progress).await?,
+                )
+            })?;
             eprintln!();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

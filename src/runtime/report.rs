@@ -12,6 +12,8 @@ use crate::routing::rules::Rules;
 pub enum ReportError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Simulate(#[from] crate::routing::simulate::SimulateError),
     #[error("event log row at {at_ms} ms has an unreadable queue event: {reason}")]
     BadEvent { at_ms: i64, reason: String },
 }
@@ -64,6 +66,43 @@ pub async fn queue_events(
         events.push(event);
     }
     Ok(events)
+}
+
+/// The proposed rules and agents, and the rules in force (their wrap-up timers tell recorded
+/// wrap-ups that were the timer's from the agent's own).
+pub struct ProposedRules {
+    pub rules: Rules,
+    pub agents: Vec<crate::routing::rules::AgentProfile>,
+    pub running: Option<Rules>,
+}
+
+/// Replays the recorded period `[from_ms, to_ms)` under proposed rules (`civicline simulate`
+/// and `POST /api/v1/simulate`). Reads the warm-up before `from_ms` (callers already waiting at
+/// the start) and an hour after `to_ms` (talk times of calls answered near the end); the pure
+/// replay runs on a blocking thread, reporting `progress(done, total)` arrivals.
+pub async fn simulate_period(
+    store: &Store,
+    from_ms: i64,
+    to_ms: i64,
+    proposed: ProposedRules,
+    options: crate::routing::simulate::SimulationOptions,
+    mut progress: impl FnMut(usize, usize) + Send + 'static,
+) -> Result<crate::routing::simulate::SimulationReport, ReportError> {
+    let read_from = from_ms - options.warmup_ms as i64;
+    let events = queue_events(store, read_from, to_ms + 3_600_000).await?;
+    let replay = tokio::task::spawn_blocking(move || {
+        let input = crate::routing::simulate::SimulationInput {
+            events: &events,
+            from_ms: from_ms.max(0) as u64,
+            to_ms: to_ms.max(0) as u64,
+            rules: &proposed.rules,
+            agents: &proposed.agents,
+            actual_rules: proposed.running.as_ref(),
+        };
+        crate::routing::simulate::simulate(&input, &options, &mut progress)
+    });
+    // A panic in the replay is a bug: let it surface as one.
+    Ok(replay.await.expect("the replay thread")?)
 }
 
 /// Callbacks over a period, from their `callback` events: what residents asked for and what

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::{ApiError, ApiJson, ApiState};
 use crate::routing::rules::{parse_agents, Rules};
-use crate::routing::simulate::{self, SimulationInput, SimulationOptions};
-use crate::runtime::report::{parse_time, queue_events};
+use crate::routing::simulate::SimulationOptions;
+use crate::runtime::report::{parse_time, simulate_period, ProposedRules, ReportError};
 
 /// Periods longer than this are refused: a replay holds the whole period's events in memory.
 const MAX_PERIOD_MS: i64 = 31 * 24 * 3600 * 1000;
@@ -63,31 +63,21 @@ pub async fn run(
     };
     let agents = parse_agents(&agents_text, &control.agents_path, &proposed)
         .map_err(|e| super::rules::rules_error("agents_toml", &e))?;
-    // The rules in force: their wrap-up timers tell the replay which recorded wrap-ups were the
-    // timer's and which were the agent's own.
-    let running = Rules::load(&control.queues_path).ok();
+    let proposed = ProposedRules {
+        rules: proposed,
+        agents,
+        running: Rules::load(&control.queues_path).ok(),
+    };
     let options = SimulationOptions {
         seed: body.seed.unwrap_or(SimulationOptions::default().seed),
         ..SimulationOptions::default()
     };
-    let read_from = from_ms - options.warmup_ms as i64;
-    let events = queue_events(&state.store, read_from, to_ms + 3_600_000)
+    let report = simulate_period(&state.store, from_ms, to_ms, proposed, options, |_, _| {})
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let report = tokio::task::spawn_blocking(move || {
-        let input = SimulationInput {
-            events: &events,
-            from_ms: from_ms.max(0) as u64,
-            to_ms: to_ms.max(0) as u64,
-            rules: &proposed,
-            agents: &agents,
-            actual_rules: running.as_ref(),
-        };
-        simulate::simulate(&input, &options, &mut |_, _| {})
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError::field("to", e.to_string()))?;
+        .map_err(|e| match e {
+            ReportError::Simulate(e) => ApiError::field("to", e.to_string()),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
     serde_json::to_value(&report)
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
