@@ -2303,38 +2303,4 @@ id = "general""#,
             assert!(table.contains(q));
         }
     }
-
-    /// Timing for the lead: `cargo test --release --lib replay_timing -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    #[allow(clippy::disallowed_methods)] // a stopwatch for the printout, not a decision
-    fn replay_timing() {
-        let rules = rules(RULES);
-        let plans = staff(40, 10);
-        let agents = profiles(&plans);
-        let history = seeded_history(42, &rules, &plans, 10, 520.0, true);
-        let calls = history
-            .iter()
-            .filter(|e| e.kind == QueueEventKind::Joined)
-            .count();
-        let input = SimulationInput {
-            events: &history,
-            from_ms: T0 + HOUR,
-            to_ms: T0 + 10 * HOUR,
-            rules: &rules,
-            agents: &agents,
-            actual_rules: Some(&rules),
-        };
-        let started = std::time::Instant::now();
-        let report = simulate(&input, &SimulationOptions::default(), &mut |_, _| {}).unwrap();
-        let took = started.elapsed();
-        show("timing run", &report);
-        println!(
-            "replayed {} calls ({} in the log, {} events) in {:?}",
-            report.replayed_calls + report.history.warmup_calls,
-            calls,
-            history.len(),
-            took
-        );
-    }
 }
