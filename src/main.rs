@@ -153,6 +153,15 @@ enum ModelCommand {
     },
     /// Check a ggml Whisper file: header, vocabulary, every tensor's name, shape and type.
     Verify { file: PathBuf },
+    /// Transcribe WAV files (a call's recordings, for instance) exactly as the server does and
+    /// print each transcript with the case draft made of it.
+    Transcribe {
+        /// The config whose `[speech]` section (model, decoding, categories, streets) to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn model_command(command: ModelCommand) -> anyhow::Result<()> {
@@ -191,6 +200,38 @@ fn model_command(command: ModelCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ModelCommand::Transcribe { config, files } => {
+            use civicline::runtime::transcriber::{load_model, transcribe_file, DecodeSettings};
+            use civicline::speech::case_draft::{self, Categories, StreetList};
+            let speech = load(config, None)?.speech;
+            let categories = Categories::load(&speech.categories)?;
+            let streets = StreetList::load(&speech.streets)?;
+            let settings = DecodeSettings {
+                initial_prompt: case_draft::initial_prompt(&categories, &streets),
+                beam_size: speech.beam_size,
+                audio_ctx_to_clip: speech.audio_ctx_to_clip,
+            };
+            let context = load_model(&speech.model)?;
+            for file in files {
+                let text = transcribe_file(&context, &file, &settings)
+                    .with_context(|| format!("transcribing {}", file.display()))?;
+                let draft = case_draft::draft(&text, &categories, &streets);
+                let outcome = case_draft::outcome(&text, &draft, speech.min_confidence);
+                println!("{}", file.display());
+                println!("  transcript: {text}");
+                println!(
+                    "  draft: {outcome:?}; category {}, address {}, confidence {:.2}",
+                    draft.category.as_deref().unwrap_or("-"),
+                    draft
+                        .address
+                        .as_ref()
+                        .map(|a| a.display())
+                        .unwrap_or("-".into()),
+                    draft.confidence
+                );
+            }
+            Ok(())
+        }
         ModelCommand::Verify { file } => {
             let summary = verify(&file).with_context(|| format!("verifying {}", file.display()))?;
             println!(
@@ -219,7 +260,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // whisper.cpp's load and decode chatter (through whisper-rs) only when asked for.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,whisper_rs=warn")),
         )
         .init();
     let cli = Cli::parse();

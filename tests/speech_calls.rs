@@ -65,6 +65,17 @@ async fn a_spoken_report_becomes_a_case_and_a_call_back_hears_its_status() {
     assert!(text.contains("Call established"), "{text}");
 
     let rows = events(&server).await;
+    // Keep what the server recorded (target/test-artefacts/speech_calls/), to listen to when
+    // this test fails.
+    let artefacts = root().join("target/test-artefacts/speech_calls");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    for row in rows.iter().filter(|r| r.event.kind == "recording") {
+        let detail: serde_json::Value =
+            serde_json::from_str(row.event.detail.as_deref().unwrap_or("{}")).unwrap();
+        if let Some(path) = detail["path"].as_str().map(Path::new) {
+            let _ = std::fs::copy(path, artefacts.join(path.file_name().unwrap()));
+        }
+    }
     let kinds =
         |kind: &str| -> Vec<&EventRow> { rows.iter().filter(|r| r.event.kind == kind).collect() };
     let transcript = kinds("transcript");

@@ -32,7 +32,7 @@ fn corpus_categories_and_addresses_with_the_real_model() {
     // Floors a little under the measured figures (see BENCHMARKS.md), so a real regression
     // fails and decoder noise between machines does not.
     assert!(
-        report.category_right * 100 >= report.utterances * 70,
+        report.category_right * 100 >= report.utterances * 60,
         "{}",
         report.summary()
     );

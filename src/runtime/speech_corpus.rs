@@ -92,11 +92,11 @@ pub fn evaluate(
     )?)?;
     let categories = Categories::load(&root.join("routing-rules/categories.toml"))?;
     let streets = StreetList::load(&root.join("routing-rules/streets.txt"))?;
+    whisper_rs::install_logging_hooks();
     let context = whisper_rs::WhisperContext::new_with_params(
         model.to_str().unwrap_or_default(),
         whisper_rs::WhisperContextParameters::default(),
     )?;
-    let mut state = context.create_state()?;
     let mut report = CorpusReport {
         lines: Vec::new(),
         utterances: corpus.utterance.len(),
@@ -112,7 +112,7 @@ pub fn evaluate(
         let wav = root
             .join("tests/speech/corpus")
             .join(format!("{}.wav", u.id));
-        let text = transcribe_file(&mut state, &wav, settings)?;
+        let text = transcribe_file(&context, &wav, settings)?;
         let d = draft(&text, &categories, &streets);
         let category_right = d.category.as_deref() == Some(u.category.as_str());
         let address_right = match (&u.street, &d.address) {

@@ -80,9 +80,7 @@ impl Transcriber {
         let receiver = Arc::new(Mutex::new(receiver));
         let done = Arc::new(done);
         for n in 0..workers.max(1) {
-            let mut state = context
-                .create_state()
-                .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
+            let context = context.clone();
             let receiver = receiver.clone();
             let stats = stats.clone();
             let done = done.clone();
@@ -96,7 +94,7 @@ impl Transcriber {
                     };
                     let Ok(job) = job else { return };
                     let started = Instant::now();
-                    let result = transcribe_file(&mut state, &job.path, &settings);
+                    let result = transcribe_file(&context, &job.path, &settings);
                     stats.latency.observe(started.elapsed().as_secs_f64());
                     match &result {
                         Ok(_) => stats.done.fetch_add(1, Ordering::Relaxed),
@@ -130,7 +128,8 @@ impl Transcriber {
     }
 }
 
-fn load_model(path: &Path) -> Result<Arc<WhisperContext>, TranscribeError> {
+/// Loads and checks a ggml model (the server's pool and `civicline model transcribe` share it).
+pub fn load_model(path: &Path) -> Result<Arc<WhisperContext>, TranscribeError> {
     let model_error = |reason: String| TranscribeError::Model {
         path: path.to_path_buf(),
         reason,
@@ -143,14 +142,23 @@ fn load_model(path: &Path) -> Result<Arc<WhisperContext>, TranscribeError> {
     let path_text = path
         .to_str()
         .ok_or_else(|| model_error("path is not UTF-8".into()))?;
+    // whisper.cpp prints every load and decode step (and the prompt, token by token) to stderr
+    // unless told otherwise: route it through `tracing`, where it is filtered like our own logs.
+    whisper_rs::install_logging_hooks();
     let context = WhisperContext::new_with_params(path_text, WhisperContextParameters::default())
         .map_err(|e| model_error(e.to_string()))?;
     Ok(Arc::new(context))
 }
 
 /// Reads an 8 kHz recording, resamples it to 16 kHz and transcribes it.
+/// Transcribes one recording on a fresh whisper state. A state reused across clips is not
+/// independent of them: with the encoder window sized to each clip, the same recording came
+/// back as its words after one clip and as "[Music]" after another (measured with
+/// `civicline model transcribe`; the session-4 note in BENCHMARKS.md). A state costs about
+/// 15 ms to make, against 0.8 s to decode, so every job gets its own and a result depends on
+/// the recording alone.
 pub fn transcribe_file(
-    state: &mut whisper_rs::WhisperState,
+    context: &WhisperContext,
     path: &Path,
     settings: &DecodeSettings,
 ) -> Result<String, TranscribeError> {
@@ -170,6 +178,7 @@ pub fn transcribe_file(
     } else {
         resample(&samples, rate as usize).map_err(audio_error)?
     };
+    let audio = trim_leading_silence(&audio, 16_000);
     let strategy = if settings.beam_size > 1 {
         SamplingStrategy::BeamSearch {
             beam_size: settings.beam_size as i32,
@@ -201,6 +210,9 @@ pub fn transcribe_file(
     if !settings.initial_prompt.is_empty() {
         params.set_initial_prompt(&settings.initial_prompt);
     }
+    let mut state = context
+        .create_state()
+        .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
     state
         .full(params, &audio)
         .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
@@ -211,6 +223,29 @@ pub fn transcribe_file(
         }
     }
     Ok(text.trim().to_string())
+}
+
+/// How much quiet to keep before the first loud frame.
+const LEAD_IN_S: f64 = 0.3;
+
+/// Drops the quiet before the caller starts speaking, keeping `LEAD_IN_S`. A call's recording
+/// starts at the tone, and the caller may take a second or two to begin: tiny.en heard a
+/// recording with 0.9 s of leading silence as "[Music]" and the same words with 0.3 s as "Park
+/// hole in front of 1 25 Main Street" (tests/speech_calls.rs). "Loud" is relative to the
+/// loudest 10 ms frame (35 dB below it, and never below -55 dBFS), so line noise under the
+/// speech is not mistaken for it and a steady noise floor is kept whole. The recording on disk
+/// keeps everything.
+pub fn trim_leading_silence(samples: &[f32], rate: usize) -> Vec<f32> {
+    let frame = (rate / 100).max(1);
+    let rms =
+        |chunk: &[f32]| (chunk.iter().map(|s| s * s).sum::<f32>() / chunk.len() as f32).sqrt();
+    let loudest = samples.chunks(frame).map(rms).fold(0.0f32, f32::max);
+    let threshold = (loudest * 10f32.powf(-35.0 / 20.0)).max(10f32.powf(-55.0 / 20.0));
+    let Some(first) = samples.chunks(frame).position(|c| rms(c) >= threshold) else {
+        return samples.to_vec();
+    };
+    let keep = (LEAD_IN_S * rate as f64) as usize;
+    samples[(first * frame).saturating_sub(keep)..].to_vec()
 }
 
 fn resample(samples: &[f32], rate: usize) -> Result<Vec<f32>, String> {
@@ -229,4 +264,38 @@ fn resample(samples: &[f32], rate: usize) -> Result<Vec<f32>, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(seconds: f64, amplitude: f32) -> Vec<f32> {
+        (0..(seconds * 16_000.0) as usize)
+            .map(|i| amplitude * (i as f32 * 0.2).sin())
+            .collect()
+    }
+
+    #[test]
+    fn leading_silence_is_cut_to_the_lead_in() {
+        let mut audio = vec![0.0; 32_000];
+        audio.extend(tone(1.0, 0.3));
+        audio.extend(vec![0.0; 8_000]);
+        let trimmed = trim_leading_silence(&audio, 16_000);
+        assert_eq!(trimmed.len(), 4_800 + 16_000 + 8_000);
+        assert!(trimmed[..4_800].iter().all(|s| *s == 0.0));
+    }
+
+    #[test]
+    fn a_noise_floor_under_the_speech_is_not_trimmed_and_silence_alone_is_kept() {
+        // Noise 25 dB under the speech is "loud" (within 35 dB): nothing is cut.
+        let mut audio = tone(2.0, 0.3 * 10f32.powf(-25.0 / 20.0));
+        audio.extend(tone(1.0, 0.3));
+        assert_eq!(trim_leading_silence(&audio, 16_000).len(), audio.len());
+        let quiet = vec![0.0; 16_000];
+        assert_eq!(trim_leading_silence(&quiet, 16_000).len(), quiet.len());
+        // A clip that starts loud loses nothing.
+        let loud = tone(1.0, 0.3);
+        assert_eq!(trim_leading_silence(&loud, 16_000).len(), loud.len());
+    }
 }
