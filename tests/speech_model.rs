@@ -43,3 +43,69 @@ fn corpus_categories_and_addresses_with_the_real_model() {
     );
     assert!(report.word_error_rate() < 0.95, "{}", report.summary());
 }
+
+/// A transcript depends on the recording alone, not on what was decoded before it: with one
+/// whisper state reused and the encoder window sized to each clip, the same words came back
+/// differently after a longer clip (the leak BENCHMARKS.md's speech section describes).
+#[test]
+fn a_transcript_does_not_depend_on_the_clip_before_it() {
+    use civicline::runtime::transcriber::{load_model, transcribe_file};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let context = load_model(&common::speech_model()).unwrap();
+    let categories = Categories::load(&root.join("routing-rules/categories.toml")).unwrap();
+    let streets = StreetList::load(&root.join("routing-rules/streets.txt")).unwrap();
+    let defaults = civicline::config::SpeechConfig::default();
+    let settings = DecodeSettings {
+        initial_prompt: initial_prompt(&categories, &streets),
+        beam_size: defaults.beam_size,
+        audio_ctx_to_clip: defaults.audio_ctx_to_clip,
+    };
+    let corpus = root.join("tests/speech/corpus");
+    // Pairs that came back differently after each other with a reused state.
+    let clips = [
+        "abandoned_vehicle-2",
+        "abandoned_vehicle-3",
+        "rodents-2",
+        "rodents-3",
+    ];
+    let alone: Vec<String> = clips
+        .iter()
+        .map(|c| transcribe_file(&context, &corpus.join(format!("{c}.wav")), &settings).unwrap())
+        .collect();
+    // The same clips again, each after a different predecessor (reverse order).
+    for (i, clip) in clips.iter().enumerate().rev() {
+        let again =
+            transcribe_file(&context, &corpus.join(format!("{clip}.wav")), &settings).unwrap();
+        assert_eq!(again, alone[i], "{clip}");
+    }
+}
+
+/// `civicline model transcribe` prints the transcript and the draft the server would make.
+#[test]
+fn the_transcribe_command_prints_transcript_and_draft() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("[speech]\nmodel = {:?}\n", common::speech_model()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_civicline"))
+        .current_dir(root)
+        .args(["model", "transcribe", "--config"])
+        .arg(config.path())
+        .arg("tests/media/speech_pothole.wav")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("transcript: "), "{text}");
+    assert!(
+        text.contains("category pothole, address 125 Main Street"),
+        "{text}"
+    );
+}

@@ -93,10 +93,7 @@ pub fn evaluate(
     let categories = Categories::load(&root.join("routing-rules/categories.toml"))?;
     let streets = StreetList::load(&root.join("routing-rules/streets.txt"))?;
     whisper_rs::install_logging_hooks();
-    let context = whisper_rs::WhisperContext::new_with_params(
-        model.to_str().unwrap_or_default(),
-        whisper_rs::WhisperContextParameters::default(),
-    )?;
+    let context = super::transcriber::load_model(model)?;
     let mut report = CorpusReport {
         lines: Vec::new(),
         utterances: corpus.utterance.len(),
