@@ -2,7 +2,7 @@
 //! (`runtime::speech::SpeechService`: whisper pool, draft, SQLite store), timed from the moment a
 //! recording is handed over (end of speech) to its draft stored. Prints p50/p95 for a 10 s
 //! utterance on an idle stage, throughput with 1 and 2 workers, and the queue wait when 10 and
-//! 50 callers finish speaking at once. Issue target: p95 under 1.5 s for a 10 s utterance idle.
+//! 50 callers finish speaking at once, and what making a fresh whisper state costs. Issue target: p95 under 1.5 s for a 10 s utterance idle.
 //!
 //! Run: `scripts/fetch-model && cargo bench --bench speech_latency` (about 4 minutes on 2 cores).
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
@@ -151,6 +151,24 @@ async fn main() {
         6.0 * seconds / wall.as_secs_f64()
     );
     drop(one);
+    // What a fresh whisper state per recording costs (runtime/transcriber.rs makes one per job).
+    let context = civicline::runtime::transcriber::load_model(&model).unwrap();
+    let mut creates: Vec<Duration> = (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            let state = context.create_state().unwrap();
+            let took = started.elapsed();
+            drop(state);
+            took
+        })
+        .collect();
+    creates.sort();
+    println!(
+        "fresh whisper state per recording: created in p50 {:.1} ms, max {:.1} ms (20 runs)",
+        ms(percentile(&creates, 0.5)),
+        ms(*creates.last().unwrap())
+    );
+    drop(context);
     let mut two = stage(root, &model, 2, dir.path()).await;
     let (_, _, wall) = burst(&mut two, &clip, 6).await;
     println!(
