@@ -14,18 +14,23 @@ use civicline::runtime::speech_corpus::evaluate;
 use civicline::runtime::transcriber::DecodeSettings;
 use civicline::speech::case_draft::{initial_prompt, Categories, StreetList};
 
+/// The server's decode settings: its defaults and the initial prompt from the city's data.
+fn server_settings(root: &Path) -> DecodeSettings {
+    let categories = Categories::load(&root.join("routing-rules/categories.toml")).unwrap();
+    let streets = StreetList::load(&root.join("routing-rules/streets.txt")).unwrap();
+    let defaults = civicline::config::SpeechConfig::default();
+    DecodeSettings {
+        initial_prompt: initial_prompt(&categories, &streets),
+        beam_size: defaults.beam_size,
+        audio_ctx_to_clip: defaults.audio_ctx_to_clip,
+    }
+}
+
 #[test]
 fn corpus_categories_and_addresses_with_the_real_model() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = common::speech_model();
-    let categories = Categories::load(&root.join("routing-rules/categories.toml")).unwrap();
-    let streets = StreetList::load(&root.join("routing-rules/streets.txt")).unwrap();
-    let defaults = civicline::config::SpeechConfig::default();
-    let settings = DecodeSettings {
-        initial_prompt: initial_prompt(&categories, &streets),
-        beam_size: defaults.beam_size,
-        audio_ctx_to_clip: defaults.audio_ctx_to_clip,
-    };
+    let settings = server_settings(root);
     let report = evaluate(root, &model, &settings).unwrap();
     println!("{}\n{}", report.lines.join("\n"), report.summary());
     assert!(report.utterances >= 30);
@@ -52,14 +57,7 @@ fn a_transcript_does_not_depend_on_the_clip_before_it() {
     use civicline::runtime::transcriber::{load_model, transcribe_file};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let context = load_model(&common::speech_model()).unwrap();
-    let categories = Categories::load(&root.join("routing-rules/categories.toml")).unwrap();
-    let streets = StreetList::load(&root.join("routing-rules/streets.txt")).unwrap();
-    let defaults = civicline::config::SpeechConfig::default();
-    let settings = DecodeSettings {
-        initial_prompt: initial_prompt(&categories, &streets),
-        beam_size: defaults.beam_size,
-        audio_ctx_to_clip: defaults.audio_ctx_to_clip,
-    };
+    let settings = server_settings(root);
     let corpus = root.join("tests/speech/corpus");
     // Pairs that came back differently after each other with a reused state.
     let clips = [
