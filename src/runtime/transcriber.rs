@@ -155,8 +155,8 @@ pub fn load_model(path: &Path) -> Result<Arc<WhisperContext>, TranscribeError> {
 /// independent of them: with the encoder window sized to each clip, the same recording came
 /// back as its words after one clip and as "[Music]" after another (measured with
 /// `civicline model transcribe`; the session-4 note in BENCHMARKS.md). A state costs about
-/// 2 ms to make (p50 in the speech_latency bench), against 0.8 s to decode, so every job gets its own and a result depends on
-/// the recording alone.
+/// 2 ms to make (p50 in the speech_latency bench) against 0.8 s to decode, so every job gets
+/// its own and a result depends on the recording alone.
 pub fn transcribe_file(
     context: &WhisperContext,
     path: &Path,
