@@ -206,11 +206,7 @@ fn model_command(command: ModelCommand) -> anyhow::Result<()> {
             let speech = load(config, None)?.speech;
             let categories = Categories::load(&speech.categories)?;
             let streets = StreetList::load(&speech.streets)?;
-            let settings = DecodeSettings {
-                initial_prompt: case_draft::initial_prompt(&categories, &streets),
-                beam_size: speech.beam_size,
-                audio_ctx_to_clip: speech.audio_ctx_to_clip,
-            };
+            let settings = DecodeSettings::for_server(&speech, &categories, &streets);
             let context = load_model(&speech.model)?;
             for file in files {
                 let text = transcribe_file(&context, &file, &settings)

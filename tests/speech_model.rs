@@ -12,18 +12,17 @@ use std::path::Path;
 
 use civicline::runtime::speech_corpus::evaluate;
 use civicline::runtime::transcriber::DecodeSettings;
-use civicline::speech::case_draft::{initial_prompt, Categories, StreetList};
+use civicline::speech::case_draft::{Categories, StreetList};
 
 /// The server's decode settings: its defaults and the initial prompt from the city's data.
 fn server_settings(root: &Path) -> DecodeSettings {
     let categories = Categories::load(&root.join("routing-rules/categories.toml")).unwrap();
     let streets = StreetList::load(&root.join("routing-rules/streets.txt")).unwrap();
-    let defaults = civicline::config::SpeechConfig::default();
-    DecodeSettings {
-        initial_prompt: initial_prompt(&categories, &streets),
-        beam_size: defaults.beam_size,
-        audio_ctx_to_clip: defaults.audio_ctx_to_clip,
-    }
+    DecodeSettings::for_server(
+        &civicline::config::SpeechConfig::default(),
+        &categories,
+        &streets,
+    )
 }
 
 #[test]

@@ -65,6 +65,22 @@ pub struct DecodeSettings {
     pub audio_ctx_to_clip: bool,
 }
 
+impl DecodeSettings {
+    /// The server's decoding for a `[speech]` section: its beam and window settings, and the
+    /// initial prompt made from the city's categories and streets.
+    pub fn for_server(
+        speech: &crate::config::SpeechConfig,
+        categories: &crate::speech::case_draft::Categories,
+        streets: &crate::speech::case_draft::StreetList,
+    ) -> DecodeSettings {
+        DecodeSettings {
+            initial_prompt: crate::speech::case_draft::initial_prompt(categories, streets),
+            beam_size: speech.beam_size,
+            audio_ctx_to_clip: speech.audio_ctx_to_clip,
+        }
+    }
+}
+
 impl Transcriber {
     /// Loads the model and starts `workers` threads; `done` is called on a worker thread.
     pub fn start(
@@ -214,7 +230,7 @@ pub fn transcribe_file(
         .create_state()
         .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
     state
-        .full(params, &audio)
+        .full(params, audio)
         .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
     let mut text = String::new();
     for i in 0..state.full_n_segments() {
@@ -235,17 +251,17 @@ const LEAD_IN_S: f64 = 0.3;
 /// loudest 10 ms frame (35 dB below it, and never below -55 dBFS), so line noise under the
 /// speech is not mistaken for it and a steady noise floor is kept whole. The recording on disk
 /// keeps everything.
-pub fn trim_leading_silence(samples: &[f32], rate: usize) -> Vec<f32> {
+pub fn trim_leading_silence(samples: &[f32], rate: usize) -> &[f32] {
     let frame = (rate / 100).max(1);
     let rms =
         |chunk: &[f32]| (chunk.iter().map(|s| s * s).sum::<f32>() / chunk.len() as f32).sqrt();
     let loudest = samples.chunks(frame).map(rms).fold(0.0f32, f32::max);
     let threshold = (loudest * 10f32.powf(-35.0 / 20.0)).max(10f32.powf(-55.0 / 20.0));
     let Some(first) = samples.chunks(frame).position(|c| rms(c) >= threshold) else {
-        return samples.to_vec();
+        return samples;
     };
     let keep = (LEAD_IN_S * rate as f64) as usize;
-    samples[(first * frame).saturating_sub(keep)..].to_vec()
+    &samples[(first * frame).saturating_sub(keep)..]
 }
 
 fn resample(samples: &[f32], rate: usize) -> Result<Vec<f32>, String> {
