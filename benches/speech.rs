@@ -11,8 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use civicline::runtime::speech_corpus::evaluate;
-use civicline::runtime::street_rescoring::RescoreSettings;
-use civicline::runtime::transcriber::{DecodeSettings, StreetRescoring};
+use civicline::runtime::transcriber::DecodeSettings;
 use civicline::speech::case_draft::{initial_prompt, Categories, StreetList};
 
 fn main() {
@@ -35,19 +34,6 @@ fn main() {
         },
         beam_size: flag("--beam").unwrap_or(civicline::config::SpeechConfig::default().beam_size),
         audio_ctx_to_clip: !args.iter().any(|a| a == "--full-window"),
-        street_rescoring: args
-            .iter()
-            .position(|a| a == "--rescore")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<f32>().ok())
-            .map(|bonus| StreetRescoring {
-                streets: std::sync::Arc::new(streets.names().to_vec()),
-                settings: RescoreSettings {
-                    bonus,
-                    candidates: flag("--candidates").unwrap_or(6) as usize,
-                    with_prompt: !args.iter().any(|a| a == "--rescore-without-prompt"),
-                },
-            }),
     };
     let model = std::env::var("CIVICLINE_TEST_MODEL")
         .map(PathBuf::from)
@@ -59,12 +45,6 @@ fn main() {
     );
     let report = evaluate(root, &model, &settings).unwrap();
     println!("{}", report.lines.join("\n"));
-    if let Some(r) = &settings.street_rescoring {
-        println!(
-            "street rescoring: bonus {} nats, {} candidates",
-            r.settings.bonus, r.settings.candidates
-        );
-    }
     println!(
         "beam {}, {} window, initial prompt {}: {}",
         settings.beam_size.max(1),

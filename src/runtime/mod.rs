@@ -14,7 +14,6 @@ pub mod rtp;
 pub mod speech;
 pub mod speech_corpus;
 pub mod store;
-pub mod street_rescoring;
 pub mod transcriber;
 pub mod transport;
 

@@ -9,11 +9,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rubato::Resampler;
-use whisper_rs::{
-    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperTokenId,
-};
-
-use super::street_rescoring::{rescore, RescoreSettings, StreetVocabulary};
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscribeError {
@@ -67,15 +63,6 @@ pub struct DecodeSettings {
     pub beam_size: u32,
     /// Size the encoder's window to the clip instead of Whisper's fixed 30 s.
     pub audio_ctx_to_clip: bool,
-    /// Street names to rescore heard street names against (`street_rescoring`), and how.
-    pub street_rescoring: Option<StreetRescoring>,
-}
-
-/// The street list for [`super::street_rescoring`] and its settings.
-#[derive(Clone, Debug)]
-pub struct StreetRescoring {
-    pub streets: Arc<Vec<String>>,
-    pub settings: RescoreSettings,
 }
 
 impl DecodeSettings {
@@ -90,7 +77,6 @@ impl DecodeSettings {
             initial_prompt: crate::speech::case_draft::initial_prompt(categories, streets),
             beam_size: speech.beam_size,
             audio_ctx_to_clip: speech.audio_ctx_to_clip,
-            street_rescoring: None,
         }
     }
 }
@@ -220,9 +206,9 @@ pub fn transcribe_file(
     let mut params = FullParams::new(strategy);
     if settings.audio_ctx_to_clip {
         // The encoder sees 1500 frames for 30 s (50 per second); a short clip needs fewer,
-        // and the cost falls with them. A margin keeps the last words; margins from 0.5 to 2 s
-        // scored alike on the speech corpus (25-26 categories and 14-15 addresses of 36, fresh
-        // states, BENCHMARKS.md), so the smallest, the fastest, is used.
+        // and the cost falls with them. A margin keeps the last words; half a second measured
+        // best on the speech corpus (address 17/36 against 15/36 with a full second, category
+        // unchanged; margins from 0.5 to 0.75 s all gained 1-2 addresses).
         let seconds = audio.len() as f64 / 16_000.0;
         let frames = ((seconds + 0.5) * 50.0).ceil() as i32;
         params.set_audio_ctx(frames.clamp(64, 1500));
@@ -246,61 +232,13 @@ pub fn transcribe_file(
     state
         .full(params, audio)
         .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
-    let whisper_error = |e: whisper_rs::WhisperError| TranscribeError::Whisper(e.to_string());
-    let mut tokens: Vec<WhisperTokenId> = Vec::new();
+    let mut text = String::new();
     for i in 0..state.full_n_segments() {
         if let Some(segment) = state.get_segment(i) {
-            tokens.extend(
-                (0..segment.n_tokens()).filter_map(|t| Some(segment.get_token(t)?.token_id())),
-            );
+            text.push_str(&segment.to_str_lossy().unwrap_or_default());
         }
     }
-    if let Some(rescoring) = &settings.street_rescoring {
-        let vocabulary =
-            StreetVocabulary::new(context, &rescoring.streets).map_err(whisper_error)?;
-        let initial_prompt = match rescoring.settings.with_prompt {
-            true => settings.initial_prompt.as_str(),
-            false => "",
-        };
-        let prompt = decoder_prompt(context, initial_prompt).map_err(whisper_error)?;
-        let (rescored, replacements) = rescore(
-            context,
-            &mut state,
-            &prompt,
-            &tokens,
-            &vocabulary,
-            rescoring.settings,
-        )
-        .map_err(whisper_error)?;
-        for r in &replacements {
-            tracing::debug!(heard = %r.heard, street = %r.street, margin = r.margin, "street rescored");
-        }
-        tokens = rescored;
-    }
-    let eot = context.token_eot();
-    let mut bytes = Vec::new();
-    for &id in tokens.iter().filter(|&&id| id < eot) {
-        bytes.extend_from_slice(context.token_to_bytes(id).map_err(whisper_error)?);
-    }
-    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
-}
-
-/// What whisper.cpp puts before the transcript in the decoder (`whisper_full` with
-/// `no_context`): the previous-text marker and the initial prompt's last tokens (at most half
-/// the text context, less the marker), then start-of-transcript.
-fn decoder_prompt(
-    context: &WhisperContext,
-    initial_prompt: &str,
-) -> Result<Vec<WhisperTokenId>, whisper_rs::WhisperError> {
-    let mut prompt = Vec::new();
-    if !initial_prompt.is_empty() {
-        let tokens = context.tokenize(initial_prompt, 1024)?;
-        let take = tokens.len().min(context.n_text_ctx() as usize / 2 - 1);
-        prompt.push(context.token_prev());
-        prompt.extend_from_slice(&tokens[tokens.len() - take..]);
-    }
-    prompt.push(context.token_sot());
-    Ok(prompt)
+    Ok(text.trim().to_string())
 }
 
 /// How much quiet to keep before the first loud frame.
