@@ -206,9 +206,9 @@ pub fn transcribe_file(
     let mut params = FullParams::new(strategy);
     if settings.audio_ctx_to_clip {
         // The encoder sees 1500 frames for 30 s (50 per second); a short clip needs fewer,
-        // and the cost falls with them. A margin keeps the last words; half a second measured
-        // best on the speech corpus (address 17/36 against 15/36 with a full second, category
-        // unchanged; margins from 0.5 to 0.75 s all gained 1-2 addresses).
+        // and the cost falls with them. A margin keeps the last words; margins from 0.5 to 2 s
+        // scored alike on the speech corpus (25-26 categories and 14-15 addresses of 36, fresh
+        // states, BENCHMARKS.md), so the smallest, the fastest, is used.
         let seconds = audio.len() as f64 / 16_000.0;
         let frames = ((seconds + 0.5) * 50.0).ceil() as i32;
         params.set_audio_ctx(frames.clamp(64, 1500));
