@@ -10,7 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,7 +28,7 @@ pub enum StoreError {
 }
 
 /// One event row as stored (wall-clock time already stamped).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct StoredEvent {
     pub occurred_at_ms: i64,
     pub call_ref: String,
@@ -42,15 +42,16 @@ pub struct StoredEvent {
 }
 
 /// A stored event with its position in the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct EventRow {
     pub seq: i64,
     #[serde(flatten)]
+    #[sqlx(flatten)]
     pub event: StoredEvent,
 }
 
 /// A case as stored. `case_number` is digits only, so a caller can key it in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct CaseRecord {
     pub case_number: String,
     pub status: String,
@@ -84,7 +85,7 @@ pub struct DraftRow {
 }
 
 /// A callback as stored (`migrations/*/0010_callbacks.sql`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct StoredCallback {
     pub call_ref: String,
     pub number: String,
@@ -118,44 +119,50 @@ const FIRST_CASE_NUMBER: i64 = 1_000_000;
 
 const CASE_COLUMNS: &str = "SELECT case_number, status, category, department, address, description, audio_path, call_ref, transcript, confidence, created_at_ms, updated_at_ms, lat, lon FROM cases";
 
-/// A `CaseRecord` from a row of `CASE_COLUMNS`.
-macro_rules! case_record {
-    ($r:expr) => {
-        CaseRecord {
-            case_number: $r.try_get("case_number")?,
-            status: $r.try_get("status")?,
-            category: $r.try_get("category")?,
-            department: $r.try_get("department")?,
-            address: $r.try_get("address")?,
-            description: $r.try_get("description")?,
-            audio_path: $r.try_get("audio_path")?,
-            call_ref: $r.try_get("call_ref")?,
-            transcript: $r.try_get("transcript")?,
-            confidence: $r.try_get("confidence")?,
-            created_at_ms: $r.try_get("created_at_ms")?,
-            updated_at_ms: $r.try_get("updated_at_ms")?,
-            lat: $r.try_get("lat")?,
-            lon: $r.try_get("lon")?,
+/// Runs one body on whichever pool the store holds. sqlx's pools, rows and query builders are
+/// typed per backend, so the body is written once and compiled for each; `|pool, Db|` also names
+/// the backend's database type for `QueryBuilder::<Db>` and transactions.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+    ($store:expr, |$pool:ident, $db:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => {
+                type $db = Sqlite;
+                $body
+            }
+            Store::Postgres($pool) => {
+                type $db = Postgres;
+                $body
+            }
         }
     };
 }
 
-/// A `StoredEvent` from a row of `SELECT_COLUMNS` (a macro: the row types of the two backends
-/// share no trait that names these columns' types without a wall of bounds).
-macro_rules! stored_event {
-    ($r:expr) => {
-        StoredEvent {
-            occurred_at_ms: $r.try_get("occurred_at_ms")?,
-            call_ref: $r.try_get("call_ref")?,
-            sip_call_id: $r.try_get("sip_call_id")?,
-            kind: $r.try_get("kind")?,
-            status_code: $r.try_get("status_code")?,
-            reason: $r.try_get("reason")?,
-            duration_ms: $r.try_get("duration_ms")?,
-            caller: $r.try_get("caller")?,
-            detail: $r.try_get("detail")?,
-        }
-    };
+/// Inside the transaction that inserted case row `id`: gives it its number and writes the
+/// `created` line of its history, so a case never exists without either. Evaluates to the number.
+macro_rules! number_new_case {
+    ($tx:ident, $db:ty, $id:expr, $now_ms:expr, $by:expr, $detail:expr) => {{
+        let number = (FIRST_CASE_NUMBER + $id).to_string();
+        sqlx::query::<$db>("UPDATE cases SET case_number = $1 WHERE id = $2")
+            .bind(&number)
+            .bind($id)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query::<$db>(INSERT_HISTORY)
+            .bind(&number)
+            .bind($now_ms)
+            .bind("created")
+            .bind($by)
+            .bind($detail.to_string())
+            .execute(&mut *$tx)
+            .await?;
+        number
+    }};
 }
 
 #[derive(Clone, Debug)]
@@ -219,32 +226,25 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        // One body for both backends: only the pool and the placeholder syntax differ.
-        macro_rules! append_in_transaction {
-            ($pool:expr, $db:ty) => {{
-                let mut tx = $pool.begin().await?;
-                for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-                    let mut query = QueryBuilder::<$db>::new(INSERT_PREFIX);
-                    query.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.occurred_at_ms)
-                            .push_bind(&e.call_ref)
-                            .push_bind(&e.sip_call_id)
-                            .push_bind(&e.kind)
-                            .push_bind(e.status_code)
-                            .push_bind(&e.reason)
-                            .push_bind(e.duration_ms)
-                            .push_bind(&e.caller)
-                            .push_bind(&e.detail);
-                    });
-                    query.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            Store::Sqlite(pool) => append_in_transaction!(pool, Sqlite),
-            Store::Postgres(pool) => append_in_transaction!(pool, Postgres),
-        }
+        on_pool!(self, |pool, Db| {
+            let mut tx = pool.begin().await?;
+            for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+                let mut query = QueryBuilder::<Db>::new(INSERT_PREFIX);
+                query.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.occurred_at_ms)
+                        .push_bind(&e.call_ref)
+                        .push_bind(&e.sip_call_id)
+                        .push_bind(&e.kind)
+                        .push_bind(e.status_code)
+                        .push_bind(&e.reason)
+                        .push_bind(e.duration_ms)
+                        .push_bind(&e.caller)
+                        .push_bind(&e.detail);
+                });
+                query.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -258,23 +258,12 @@ impl Store {
         let sql = format!(
             "{SELECT_COLUMNS} WHERE kind = $1 AND occurred_at_ms >= $2 AND occurred_at_ms < $3 ORDER BY seq"
         );
-        macro_rules! fetch {
-            ($pool:expr) => {{
-                sqlx::query(&sql)
-                    .bind(kind)
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .fetch_all($pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<StoredEvent, sqlx::Error> { Ok(stored_event!(r)) })
-                    .collect::<Result<Vec<_>, _>>()?
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => fetch!(pool),
-            Store::Postgres(pool) => fetch!(pool),
-        })
+        Ok(on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(kind)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(pool)
+            .await?))
     }
 
     /// Events in log order, optionally only one call's, at most `limit` of the newest.
@@ -283,33 +272,18 @@ impl Store {
         call_ref: Option<&str>,
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
-        macro_rules! fetch {
-            ($pool:expr, $db:ty) => {{
-                let mut query = QueryBuilder::<$db>::new(SELECT_COLUMNS);
-                if let Some(call_ref) = call_ref {
-                    query
-                        .push(" WHERE call_ref = ")
-                        .push_bind(call_ref.to_string());
-                }
-                query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
-                let rows = query.build().fetch_all($pool).await?;
-                let mut events = rows
-                    .into_iter()
-                    .map(|r| -> Result<EventRow, sqlx::Error> {
-                        Ok(EventRow {
-                            seq: r.try_get("seq")?,
-                            event: stored_event!(r),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                events.reverse();
-                Ok(events)
-            }};
-        }
-        match self {
-            Store::Sqlite(pool) => fetch!(pool, Sqlite),
-            Store::Postgres(pool) => fetch!(pool, Postgres),
-        }
+        let mut events: Vec<EventRow> = on_pool!(self, |pool, Db| {
+            let mut query = QueryBuilder::<Db>::new(SELECT_COLUMNS);
+            if let Some(call_ref) = call_ref {
+                query
+                    .push(" WHERE call_ref = ")
+                    .push_bind(call_ref.to_string());
+            }
+            query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+            query.build_query_as().fetch_all(pool).await?
+        });
+        events.reverse();
+        Ok(events)
     }
 
     /// Stores a new open case for a call's recording and gives it its number, in one transaction.
@@ -322,61 +296,32 @@ impl Store {
         // The number comes from the row id, so it is unique and never reused; a unique
         // placeholder holds the NOT NULL UNIQUE column until the id is known.
         let placeholder = format!("pending-{call_ref}-{now_ms}-{}", rand::random::<u64>());
-        macro_rules! create {
-            ($pool:expr, $db:ty) => {{
-                let mut tx = $pool.begin().await?;
-                let id: i64 = sqlx::query_scalar::<$db, i64>(
-                    "INSERT INTO cases (case_number, status, audio_path, call_ref, created_at_ms, updated_at_ms) \
-                     VALUES ($1, 'open', $2, $3, $4, $4) RETURNING id",
-                )
-                .bind(&placeholder)
-                .bind(audio_path)
-                .bind(call_ref)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await?;
-                let number = (FIRST_CASE_NUMBER + id).to_string();
-                sqlx::query::<$db>("UPDATE cases SET case_number = $1 WHERE id = $2")
-                    .bind(&number)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                // The history starts in the same transaction: a case never exists without it.
-                sqlx::query::<$db>(INSERT_HISTORY)
-                    .bind(&number)
-                    .bind(now_ms)
-                    .bind("created")
-                    .bind("phone")
-                    .bind(serde_json::json!({ "call_ref": call_ref }).to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                number
-            }};
-        }
-        let number = match self {
-            Store::Sqlite(pool) => create!(pool, Sqlite),
-            Store::Postgres(pool) => create!(pool, Postgres),
-        };
+        let number = on_pool!(self, |pool, Db| {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar::<Db, i64>(
+                "INSERT INTO cases (case_number, status, audio_path, call_ref, created_at_ms, updated_at_ms) \
+                 VALUES ($1, 'open', $2, $3, $4, $4) RETURNING id",
+            )
+            .bind(&placeholder)
+            .bind(audio_path)
+            .bind(call_ref)
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let detail = serde_json::json!({ "call_ref": call_ref });
+            let number = number_new_case!(tx, Db, id, now_ms, "phone", detail);
+            tx.commit().await?;
+            number
+        });
         // After the commit, not inside it: the draft writer commits its row and then fills
         // cases, so one of the two always sees the other (see migrations/*/0003).
         let sql = format!("{FILL_CASE_FROM_DRAFT} AND case_number = $1");
-        match self {
-            Store::Sqlite(pool) => {
-                sqlx::query(&sql)
-                    .bind(&number)
-                    .bind(now_ms)
-                    .execute(pool)
-                    .await?;
-            }
-            Store::Postgres(pool) => {
-                sqlx::query(&sql)
-                    .bind(&number)
-                    .bind(now_ms)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        on_pool!(self, |pool| sqlx::query(&sql)
+            .bind(&number)
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
         self.find_case(&number)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
@@ -390,64 +335,33 @@ impl Store {
             queue = excluded.queue, attrs = excluded.attrs, priority = excluded.priority, state = excluded.state, \
             attempts = excluded.attempts, last_result = excluded.last_result, \
             joined_at_ms = excluded.joined_at_ms, updated_at_ms = excluded.updated_at_ms";
-        macro_rules! upsert {
-            ($pool:expr) => {{
-                sqlx::query(sql)
-                    .bind(&row.call_ref)
-                    .bind(&row.number)
-                    .bind(&row.language)
-                    .bind(&row.queue)
-                    .bind(&row.attrs)
-                    .bind(row.priority)
-                    .bind(&row.state)
-                    .bind(row.attempts)
-                    .bind(&row.last_result)
-                    .bind(row.joined_at_ms)
-                    .bind(row.updated_at_ms)
-                    .execute($pool)
-                    .await?;
-            }};
-        }
-        match self {
-            Store::Sqlite(pool) => upsert!(pool),
-            Store::Postgres(pool) => upsert!(pool),
-        };
+        on_pool!(self, |pool| sqlx::query(sql)
+            .bind(&row.call_ref)
+            .bind(&row.number)
+            .bind(&row.language)
+            .bind(&row.queue)
+            .bind(&row.attrs)
+            .bind(row.priority)
+            .bind(&row.state)
+            .bind(row.attempts)
+            .bind(&row.last_result)
+            .bind(row.joined_at_ms)
+            .bind(row.updated_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(())
     }
 
     /// Callbacks in `states` (e.g. waiting and dialing: the ones to put back in line at start).
     pub async fn callbacks_in(&self, states: &[&str]) -> Result<Vec<StoredCallback>, StoreError> {
         let sql = "SELECT call_ref, number, language, queue, attrs, priority, state, attempts, last_result, joined_at_ms, updated_at_ms FROM callbacks ORDER BY joined_at_ms";
-        macro_rules! fetch {
-            ($pool:expr) => {{
-                let rows = sqlx::query(sql).fetch_all($pool).await?;
-                let mut out = Vec::new();
-                for r in rows {
-                    let state: String = r.try_get("state")?;
-                    if !states.contains(&state.as_str()) {
-                        continue;
-                    }
-                    out.push(StoredCallback {
-                        call_ref: r.try_get("call_ref")?,
-                        number: r.try_get("number")?,
-                        language: r.try_get("language")?,
-                        queue: r.try_get("queue")?,
-                        attrs: r.try_get("attrs")?,
-                        priority: r.try_get("priority")?,
-                        state,
-                        attempts: r.try_get("attempts")?,
-                        last_result: r.try_get("last_result")?,
-                        joined_at_ms: r.try_get("joined_at_ms")?,
-                        updated_at_ms: r.try_get("updated_at_ms")?,
-                    });
-                }
-                out
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => fetch!(pool),
-            Store::Postgres(pool) => fetch!(pool),
-        })
+        let all: Vec<StoredCallback> =
+            on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(all
+            .into_iter()
+            .filter(|c| states.contains(&c.state.as_str()))
+            .collect())
     }
 
     /// Stores (or replaces) a recording's draft, then fills the case made from that recording
@@ -459,53 +373,36 @@ impl Store {
             department = excluded.department, address = excluded.address, description = excluded.description, \
             confidence = excluded.confidence, outcome = excluded.outcome";
         let fill = format!("{FILL_CASE_FROM_DRAFT} AND audio_path = $1");
-        macro_rules! save {
-            ($pool:expr) => {{
-                sqlx::query(upsert)
-                    .bind(&row.audio_path)
-                    .bind(&row.call_ref)
-                    .bind(&row.transcript)
-                    .bind(&row.category)
-                    .bind(&row.department)
-                    .bind(&row.address)
-                    .bind(&row.description)
-                    .bind(row.confidence)
-                    .bind(&row.outcome)
-                    .bind(now_ms)
-                    .execute($pool)
-                    .await?;
-                sqlx::query(&fill)
-                    .bind(&row.audio_path)
-                    .bind(now_ms)
-                    .execute($pool)
-                    .await?
-                    .rows_affected()
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => save!(pool),
-            Store::Postgres(pool) => save!(pool),
-        })
+        Ok(on_pool!(self, |pool| {
+            sqlx::query(upsert)
+                .bind(&row.audio_path)
+                .bind(&row.call_ref)
+                .bind(&row.transcript)
+                .bind(&row.category)
+                .bind(&row.department)
+                .bind(&row.address)
+                .bind(&row.description)
+                .bind(row.confidence)
+                .bind(&row.outcome)
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
+            sqlx::query(&fill)
+                .bind(&row.audio_path)
+                .bind(now_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// The case with this number, if any. The number is a bound parameter, never SQL text.
     pub async fn find_case(&self, number: &str) -> Result<Option<CaseRecord>, StoreError> {
-        macro_rules! find {
-            ($pool:expr, $db:ty) => {{
-                let row = sqlx::query::<$db>(&format!("{CASE_COLUMNS} WHERE case_number = $1"))
-                    .bind(number)
-                    .fetch_optional($pool)
-                    .await?;
-                match row {
-                    None => None,
-                    Some(r) => Some(case_record!(r)),
-                }
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => find!(pool, Sqlite),
-            Store::Postgres(pool) => find!(pool, Postgres),
-        })
+        let sql = format!("{CASE_COLUMNS} WHERE case_number = $1");
+        Ok(on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(number)
+            .fetch_optional(pool)
+            .await?))
     }
 
     /// Sets a case's status (open, closed) and its department; false when there is no such case.
@@ -517,52 +414,27 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE cases SET status = $1, department = COALESCE($2, department), updated_at_ms = $3 WHERE case_number = $4";
-        let affected = match self {
-            Store::Sqlite(pool) => sqlx::query(sql)
-                .bind(status)
-                .bind(department)
-                .bind(now_ms)
-                .bind(number)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Store::Postgres(pool) => sqlx::query(sql)
-                .bind(status)
-                .bind(department)
-                .bind(now_ms)
-                .bind(number)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
+        let affected = on_pool!(self, |pool| sqlx::query(sql)
+            .bind(status)
+            .bind(department)
+            .bind(now_ms)
+            .bind(number)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(affected == 1)
     }
 
     /// Number of events per kind, for summaries and tests.
     pub async fn count_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let sql = "SELECT kind, COUNT(*) AS n FROM call_events GROUP BY kind ORDER BY kind";
-        let rows = match self {
-            Store::Sqlite(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get("kind")?, r.try_get("n")?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?,
-            Store::Postgres(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get("kind")?, r.try_get("n")?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        };
-        Ok(rows)
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .fetch_all(pool)
+            .await?))
     }
 
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(pool) => pool.close().await,
-            Store::Postgres(pool) => pool.close().await,
-        }
+        on_pool!(self, |pool| pool.close().await)
     }
 }
 
@@ -593,7 +465,7 @@ pub struct CaseHistoryRow {
 }
 
 /// Open cases of one department, by age.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DepartmentAges {
     /// None for cases not yet sorted into a department.
     pub department: Option<String>,
@@ -616,7 +488,7 @@ pub struct NewCase {
 }
 
 /// One version of the queue rules applied through the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct RulesVersion {
     pub version: i64,
     pub applied_by: String,
@@ -663,34 +535,22 @@ impl Store {
                 }
             }};
         }
-        macro_rules! list {
-            ($pool:expr, $db:ty) => {{
-                let mut count = QueryBuilder::<$db>::new("SELECT COUNT(*) AS n FROM cases");
-                push_filter!(count);
-                let total: i64 = count.build().fetch_one($pool).await?.try_get("n")?;
-                let mut query = QueryBuilder::<$db>::new(CASE_COLUMNS);
-                push_filter!(query);
-                query.push(if filter.newest_first {
-                    " ORDER BY created_at_ms DESC, id DESC"
-                } else {
-                    " ORDER BY created_at_ms, id"
-                });
-                query.push(" LIMIT ").push_bind(filter.limit.max(0));
-                query.push(" OFFSET ").push_bind(filter.offset.max(0));
-                let cases = query
-                    .build()
-                    .fetch_all($pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<CaseRecord, sqlx::Error> { Ok(case_record!(r)) })
-                    .collect::<Result<Vec<_>, _>>()?;
-                (total, cases)
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => list!(pool, Sqlite),
-            Store::Postgres(pool) => list!(pool, Postgres),
-        })
+        Ok(on_pool!(self, |pool, Db| {
+            let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) AS n FROM cases");
+            push_filter!(count);
+            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+            let mut query = QueryBuilder::<Db>::new(CASE_COLUMNS);
+            push_filter!(query);
+            query.push(if filter.newest_first {
+                " ORDER BY created_at_ms DESC, id DESC"
+            } else {
+                " ORDER BY created_at_ms, id"
+            });
+            query.push(" LIMIT ").push_bind(filter.limit.max(0));
+            query.push(" OFFSET ").push_bind(filter.offset.max(0));
+            let cases: Vec<CaseRecord> = query.build_query_as().fetch_all(pool).await?;
+            (total, cases)
+        }))
     }
 
     /// Open cases per department, by age at `now_ms`.
@@ -699,10 +559,10 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<DepartmentAges>, StoreError> {
         let sql = "SELECT department, COUNT(*) AS open, \
-            SUM(CASE WHEN created_at_ms > $1 THEN 1 ELSE 0 END) AS d7, \
-            SUM(CASE WHEN created_at_ms <= $1 AND created_at_ms > $2 THEN 1 ELSE 0 END) AS d30, \
-            SUM(CASE WHEN created_at_ms <= $2 AND created_at_ms >= $3 THEN 1 ELSE 0 END) AS d90, \
-            SUM(CASE WHEN created_at_ms < $3 THEN 1 ELSE 0 END) AS over90 \
+            SUM(CASE WHEN created_at_ms > $1 THEN 1 ELSE 0 END) AS open_0_7_days, \
+            SUM(CASE WHEN created_at_ms <= $1 AND created_at_ms > $2 THEN 1 ELSE 0 END) AS open_8_30_days, \
+            SUM(CASE WHEN created_at_ms <= $2 AND created_at_ms >= $3 THEN 1 ELSE 0 END) AS open_31_90_days, \
+            SUM(CASE WHEN created_at_ms < $3 THEN 1 ELSE 0 END) AS open_over_90_days \
             FROM cases WHERE status = 'open' GROUP BY department ORDER BY department";
         // "More than 90 days": created before now - 90 days.
         let (d7, d30, d90) = (
@@ -710,32 +570,12 @@ impl Store {
             now_ms - 30 * DAY_MS,
             now_ms - 90 * DAY_MS,
         );
-        macro_rules! fetch {
-            ($pool:expr) => {{
-                sqlx::query(sql)
-                    .bind(d7)
-                    .bind(d30)
-                    .bind(d90)
-                    .fetch_all($pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<DepartmentAges, sqlx::Error> {
-                        Ok(DepartmentAges {
-                            department: r.try_get("department")?,
-                            open: r.try_get("open")?,
-                            open_0_7_days: r.try_get("d7")?,
-                            open_8_30_days: r.try_get("d30")?,
-                            open_31_90_days: r.try_get("d90")?,
-                            open_over_90_days: r.try_get("over90")?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => fetch!(pool),
-            Store::Postgres(pool) => fetch!(pool),
-        })
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(d7)
+            .bind(d30)
+            .bind(d90)
+            .fetch_all(pool)
+            .await?))
     }
 
     /// Changes a case's status and/or department and records who did it, in one transaction.
@@ -748,87 +588,69 @@ impl Store {
         by: &str,
         now_ms: i64,
     ) -> Result<Option<CaseRecord>, StoreError> {
-        macro_rules! change {
-            ($pool:expr, $db:ty) => {{
-                let mut tx = $pool.begin().await?;
-                let row = sqlx::query::<$db>(&format!("{CASE_COLUMNS} WHERE case_number = $1"))
-                    .bind(number)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let current = case_record!(row);
-                let mut changes = Vec::new();
-                if let Some(to) = status.filter(|s| *s != current.status) {
-                    changes.push(("status", current.status.clone(), to.to_string()));
+        let select = format!("{CASE_COLUMNS} WHERE case_number = $1");
+        on_pool!(self, |pool, Db| {
+            let mut tx = pool.begin().await?;
+            let current: Option<CaseRecord> = sqlx::query_as(&select)
+                .bind(number)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let mut changes = Vec::new();
+            if let Some(to) = status.filter(|s| *s != current.status) {
+                changes.push(("status", current.status.clone(), to.to_string()));
+            }
+            if let Some(to) = department.filter(|d| Some(*d) != current.department.as_deref()) {
+                changes.push((
+                    "department",
+                    current.department.clone().unwrap_or_default(),
+                    to.to_string(),
+                ));
+            }
+            if !changes.is_empty() {
+                sqlx::query::<Db>(
+                    "UPDATE cases SET status = COALESCE($1, status), department = COALESCE($2, department), updated_at_ms = $3 WHERE case_number = $4",
+                )
+                .bind(status)
+                .bind(department)
+                .bind(now_ms)
+                .bind(number)
+                .execute(&mut *tx)
+                .await?;
+                for (action, from, to) in &changes {
+                    sqlx::query::<Db>(INSERT_HISTORY)
+                        .bind(number)
+                        .bind(now_ms)
+                        .bind(*action)
+                        .bind(by)
+                        .bind(serde_json::json!({ "from": from, "to": to }).to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                if let Some(to) = department.filter(|d| Some(*d) != current.department.as_deref())
-                {
-                    changes.push((
-                        "department",
-                        current.department.clone().unwrap_or_default(),
-                        to.to_string(),
-                    ));
-                }
-                if !changes.is_empty() {
-                    sqlx::query::<$db>(
-                        "UPDATE cases SET status = COALESCE($1, status), department = COALESCE($2, department), updated_at_ms = $3 WHERE case_number = $4",
-                    )
-                    .bind(status)
-                    .bind(department)
-                    .bind(now_ms)
-                    .bind(number)
-                    .execute(&mut *tx)
-                    .await?;
-                    for (action, from, to) in &changes {
-                        sqlx::query::<$db>(INSERT_HISTORY)
-                            .bind(number)
-                            .bind(now_ms)
-                            .bind(*action)
-                            .bind(by)
-                            .bind(serde_json::json!({ "from": from, "to": to }).to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            Store::Sqlite(pool) => change!(pool, Sqlite),
-            Store::Postgres(pool) => change!(pool, Postgres),
-        }
+            }
+            tx.commit().await?;
+        });
         self.find_case(number).await
     }
 
     /// A case's history, oldest first (empty for an unknown case).
     pub async fn case_history(&self, number: &str) -> Result<Vec<CaseHistoryRow>, StoreError> {
         let sql = "SELECT at_ms, action, by_whom, detail FROM case_history WHERE case_number = $1 ORDER BY at_ms, id";
-        macro_rules! fetch {
-            ($pool:expr) => {{
-                sqlx::query(sql)
-                    .bind(number)
-                    .fetch_all($pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<CaseHistoryRow, sqlx::Error> {
-                        let detail: String = r.try_get("detail")?;
-                        Ok(CaseHistoryRow {
-                            at_ms: r.try_get("at_ms")?,
-                            action: r.try_get("action")?,
-                            by: r.try_get("by_whom")?,
-                            detail: serde_json::from_str(&detail)
-                                .unwrap_or(serde_json::Value::String(detail)),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => fetch!(pool),
-            Store::Postgres(pool) => fetch!(pool),
-        })
+        let rows: Vec<(i64, String, String, String)> = on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(number)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows
+            .into_iter()
+            .map(|(at_ms, action, by, detail)| CaseHistoryRow {
+                at_ms,
+                action,
+                by,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            })
+            .collect())
     }
 
     /// Stores an open case that came from outside a call (Open311), with its `created` history
@@ -840,45 +662,27 @@ impl Store {
         now_ms: i64,
     ) -> Result<CaseRecord, StoreError> {
         let placeholder = format!("pending-{by}-{now_ms}-{}", rand::random::<u64>());
-        macro_rules! create {
-            ($pool:expr, $db:ty) => {{
-                let mut tx = $pool.begin().await?;
-                let id: i64 = sqlx::query_scalar::<$db, i64>(
-                    "INSERT INTO cases (case_number, status, category, department, address, description, lat, lon, created_at_ms, updated_at_ms) \
-                     VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
-                )
-                .bind(&placeholder)
-                .bind(&case.category)
-                .bind(&case.department)
-                .bind(&case.address)
-                .bind(&case.description)
-                .bind(case.lat)
-                .bind(case.lon)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await?;
-                let number = (FIRST_CASE_NUMBER + id).to_string();
-                sqlx::query::<$db>("UPDATE cases SET case_number = $1 WHERE id = $2")
-                    .bind(&number)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query::<$db>(INSERT_HISTORY)
-                    .bind(&number)
-                    .bind(now_ms)
-                    .bind("created")
-                    .bind(by)
-                    .bind(serde_json::json!({ "service_code": case.category }).to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                number
-            }};
-        }
-        let number = match self {
-            Store::Sqlite(pool) => create!(pool, Sqlite),
-            Store::Postgres(pool) => create!(pool, Postgres),
-        };
+        let number = on_pool!(self, |pool, Db| {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar::<Db, i64>(
+                "INSERT INTO cases (case_number, status, category, department, address, description, lat, lon, created_at_ms, updated_at_ms) \
+                 VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+            )
+            .bind(&placeholder)
+            .bind(&case.category)
+            .bind(&case.department)
+            .bind(&case.address)
+            .bind(&case.description)
+            .bind(case.lat)
+            .bind(case.lon)
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let detail = serde_json::json!({ "service_code": case.category });
+            let number = number_new_case!(tx, Db, id, now_ms, by, detail);
+            tx.commit().await?;
+            number
+        });
         self.find_case(&number)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
@@ -893,63 +697,27 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
-        macro_rules! fetch {
-            ($pool:expr, $db:ty) => {{
-                let mut query = QueryBuilder::<$db>::new(SELECT_COLUMNS);
-                query.push(" WHERE occurred_at_ms >= ").push_bind(from_ms);
-                query.push(" AND occurred_at_ms < ").push_bind(to_ms);
-                if let Some(kind) = kind {
-                    query.push(" AND kind = ").push_bind(kind.to_string());
-                }
-                if let Some(kind) = exclude_kind {
-                    query.push(" AND kind <> ").push_bind(kind.to_string());
-                }
-                query.push(" ORDER BY seq");
-                query
-                    .build()
-                    .fetch_all($pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<EventRow, sqlx::Error> {
-                        Ok(EventRow {
-                            seq: r.try_get("seq")?,
-                            event: stored_event!(r),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => fetch!(pool, Sqlite),
-            Store::Postgres(pool) => fetch!(pool, Postgres),
-        })
+        Ok(on_pool!(self, |pool, Db| {
+            let mut query = QueryBuilder::<Db>::new(SELECT_COLUMNS);
+            query.push(" WHERE occurred_at_ms >= ").push_bind(from_ms);
+            query.push(" AND occurred_at_ms < ").push_bind(to_ms);
+            if let Some(kind) = kind {
+                query.push(" AND kind = ").push_bind(kind.to_string());
+            }
+            if let Some(kind) = exclude_kind {
+                query.push(" AND kind <> ").push_bind(kind.to_string());
+            }
+            query.push(" ORDER BY seq");
+            query.build_query_as().fetch_all(pool).await?
+        }))
     }
 
     /// Every rules version, oldest first.
     pub async fn rules_versions(&self) -> Result<Vec<RulesVersion>, StoreError> {
         let sql = "SELECT version, queues_toml, applied_by, applied_at_ms, action FROM rules_versions ORDER BY version";
-        macro_rules! fetch {
-            ($pool:expr) => {{
-                sqlx::query(sql)
-                    .fetch_all($pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<RulesVersion, sqlx::Error> {
-                        Ok(RulesVersion {
-                            version: r.try_get("version")?,
-                            queues_toml: r.try_get("queues_toml")?,
-                            applied_by: r.try_get("applied_by")?,
-                            applied_at_ms: r.try_get("applied_at_ms")?,
-                            action: r.try_get("action")?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => fetch!(pool),
-            Store::Postgres(pool) => fetch!(pool),
-        })
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .fetch_all(pool)
+            .await?))
     }
 
     /// Records a rules version and returns its number (one more than the last).
@@ -960,31 +728,25 @@ impl Store {
         action: &str,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        macro_rules! add {
-            ($pool:expr, $db:ty) => {{
-                let mut tx = $pool.begin().await?;
-                let last: Option<i64> =
-                    sqlx::query_scalar::<$db, Option<i64>>("SELECT MAX(version) FROM rules_versions")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let version = last.unwrap_or(0) + 1;
-                sqlx::query::<$db>(
-                    "INSERT INTO rules_versions (version, queues_toml, applied_by, applied_at_ms, action) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(version)
-                .bind(queues_toml)
-                .bind(by)
-                .bind(now_ms)
-                .bind(action)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                version
-            }};
-        }
-        Ok(match self {
-            Store::Sqlite(pool) => add!(pool, Sqlite),
-            Store::Postgres(pool) => add!(pool, Postgres),
-        })
+        Ok(on_pool!(self, |pool, Db| {
+            let mut tx = pool.begin().await?;
+            let last: Option<i64> =
+                sqlx::query_scalar::<Db, Option<i64>>("SELECT MAX(version) FROM rules_versions")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let version = last.unwrap_or(0) + 1;
+            sqlx::query::<Db>(
+                "INSERT INTO rules_versions (version, queues_toml, applied_by, applied_at_ms, action) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(version)
+            .bind(queues_toml)
+            .bind(by)
+            .bind(now_ms)
+            .bind(action)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            version
+        }))
     }
 }
