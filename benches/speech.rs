@@ -6,7 +6,9 @@
 //!
 //! Run: `scripts/fetch-model && cargo bench --bench speech` (the server's settings: greedy,
 //! encoder window sized to the clip, street/category initial prompt). Variants:
-//! `-- --beam 5` (beam search), `-- --full-window`, `-- --no-prompt`. Model: `CIVICLINE_TEST_MODEL`.
+//! `-- --beam 5` (beam search), `-- --full-window`, `-- --no-prompt`, `-- --threads 2` (ggml
+//! threads; 1 by default, so the time per utterance compares across runs). Model:
+//! `CIVICLINE_TEST_MODEL`.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,9 @@ fn main() {
         },
         beam_size: flag("--beam").unwrap_or(civicline::config::SpeechConfig::default().beam_size),
         audio_ctx_to_clip: !args.iter().any(|a| a == "--full-window"),
+        threads: flag("--threads").unwrap_or(1) as usize,
+        // Decoded on this thread, not in the server's pool: the priority does not apply.
+        background_priority: false,
     };
     let model = std::env::var("CIVICLINE_TEST_MODEL")
         .map(PathBuf::from)
@@ -46,7 +51,7 @@ fn main() {
     let report = evaluate(root, &model, &settings).unwrap();
     println!("{}", report.lines.join("\n"));
     println!(
-        "beam {}, {} window, initial prompt {}: {}",
+        "beam {}, {} window, initial prompt {}, {} ggml thread(s): {}",
         settings.beam_size.max(1),
         if settings.audio_ctx_to_clip {
             "clip-sized"
@@ -54,6 +59,7 @@ fn main() {
             "30 s"
         },
         if no_prompt { "off" } else { "on" },
+        settings.threads.max(1),
         report.summary()
     );
 }

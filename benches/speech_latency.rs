@@ -1,10 +1,12 @@
 //! Speech latency benchmark: the real model through the server's speech stage
 //! (`runtime::speech::SpeechService`: whisper pool, draft, SQLite store), timed from the moment a
 //! recording is handed over (end of speech) to its draft stored. Prints p50/p95 for a 10 s
-//! utterance on an idle stage, throughput with 1 and 2 workers, and the queue wait when 10 and
-//! 50 callers finish speaking at once, and what making a fresh whisper state costs. Issue target: p95 under 1.5 s for a 10 s utterance idle.
+//! utterance on an idle stage and throughput, for the default (1 worker with 2 ggml threads)
+//! and for 1 and 2 workers of one thread each; the queue wait when 10 and 50 callers finish
+//! speaking at once (default, and 2 workers x 1 thread); and what making a fresh whisper state
+//! costs. Issue target: p95 under 1.5 s for a 10 s utterance idle.
 //!
-//! Run: `scripts/fetch-model && cargo bench --bench speech_latency` (about 4 minutes on 2 cores).
+//! Run: `scripts/fetch-model && cargo bench --bench speech_latency` (about 5 minutes on 2 cores).
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
 use std::path::{Path, PathBuf};
@@ -52,10 +54,10 @@ struct Stage {
     _answers: mpsc::Receiver<civicline::engine::Input>,
 }
 
-async fn stage(root: &Path, model: &Path, workers: usize, dir: &Path) -> Stage {
+async fn stage(root: &Path, model: &Path, workers: usize, threads: usize, dir: &Path) -> Stage {
     let store = Store::connect(&format!(
         "sqlite://{}?mode=rwc",
-        dir.join(format!("bench-{workers}.db")).display()
+        dir.join(format!("bench-{workers}x{threads}.db")).display()
     ))
     .await
     .unwrap();
@@ -73,6 +75,8 @@ async fn stage(root: &Path, model: &Path, workers: usize, dir: &Path) -> Stage {
             decode: DecodeSettings {
                 beam_size: defaults.beam_size,
                 audio_ctx_to_clip: defaults.audio_ctx_to_clip,
+                threads,
+                background_priority: defaults.background_priority,
                 ..Default::default()
             },
         },
@@ -131,7 +135,10 @@ async fn main() {
     let seconds = ten_second_clip(root, &clip);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
 
-    let mut one = stage(root, &model, 1, dir.path()).await;
+    // The server's default (`[speech] workers = 1, threads = 2`), then one thread per worker.
+    let default = civicline::config::SpeechConfig::default();
+    let mut one = stage(root, &model, 1, default.threads, dir.path()).await;
+    let label = format!("1 worker x {} threads", default.threads);
     // Idle: one caller at a time.
     let mut idle = Vec::new();
     for _ in 0..12 {
@@ -140,16 +147,17 @@ async fn main() {
     }
     idle.sort();
     println!(
-        "idle, 1 worker, {seconds:.1} s utterance, 12 runs: end of speech -> stored draft p50 {:.0} ms, p95 {:.0} ms",
+        "idle, {label}, {seconds:.1} s utterance, 12 runs: end of speech -> stored draft p50 {:.0} ms, p95 {:.0} ms",
         ms(percentile(&idle, 0.5)),
         ms(percentile(&idle, 0.95))
     );
     let (_, _, wall) = burst(&mut one, &clip, 6).await;
     println!(
-        "throughput, 1 worker: {:.2} utterances/s ({:.1} s of speech per wall second)",
+        "throughput, {label}: {:.2} utterances/s ({:.1} s of speech per wall second)",
         6.0 / wall.as_secs_f64(),
         6.0 * seconds / wall.as_secs_f64()
     );
+    burst_waits(&mut one, &clip, &label).await;
     drop(one);
     // What a fresh whisper state per recording costs (runtime/transcriber.rs makes one per job).
     let context = civicline::runtime::transcriber::load_model(&model).unwrap();
@@ -169,17 +177,40 @@ async fn main() {
         ms(*creates.last().unwrap())
     );
     drop(context);
-    let mut two = stage(root, &model, 2, dir.path()).await;
+    let mut single = stage(root, &model, 1, 1, dir.path()).await;
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        let (totals, _, _) = burst(&mut single, &clip, 1).await;
+        idle.extend(totals);
+    }
+    idle.sort();
+    println!(
+        "idle, 1 worker x 1 thread, 12 runs: end of speech -> stored draft p50 {:.0} ms, p95 {:.0} ms",
+        ms(percentile(&idle, 0.5)),
+        ms(percentile(&idle, 0.95))
+    );
+    let (_, _, wall) = burst(&mut single, &clip, 6).await;
+    println!(
+        "throughput, 1 worker x 1 thread: {:.2} utterances/s",
+        6.0 / wall.as_secs_f64()
+    );
+    drop(single);
+    let mut two = stage(root, &model, 2, 1, dir.path()).await;
     let (_, _, wall) = burst(&mut two, &clip, 6).await;
     println!(
-        "throughput, 2 workers: {:.2} utterances/s ({:.1} s of speech per wall second)",
+        "throughput, 2 workers x 1 thread: {:.2} utterances/s ({:.1} s of speech per wall second)",
         6.0 / wall.as_secs_f64(),
         6.0 * seconds / wall.as_secs_f64()
     );
+    burst_waits(&mut two, &clip, "2 workers x 1 thread").await;
+}
+
+/// Queue wait and time to the stored draft when 10, then 50 callers finish speaking at once.
+async fn burst_waits(stage: &mut Stage, clip: &Path, label: &str) {
     for callers in [10, 50] {
-        let (totals, waits, _) = burst(&mut two, &clip, callers).await;
+        let (totals, waits, _) = burst(stage, clip, callers).await;
         println!(
-            "{callers} callers at once, 2 workers: queue wait p50 {:.1} s, p95 {:.1} s, max {:.1} s; stored draft p50 {:.1} s, p95 {:.1} s",
+            "{callers} callers at once, {label}: queue wait p50 {:.1} s, p95 {:.1} s, max {:.1} s; stored draft p50 {:.1} s, p95 {:.1} s",
             percentile(&waits, 0.5).as_secs_f64(),
             percentile(&waits, 0.95).as_secs_f64(),
             waits.last().unwrap().as_secs_f64(),

@@ -211,8 +211,14 @@ pub struct SpeechConfig {
     /// A ggml Whisper model (scripts/fetch-model imports tiny.en from PyPI); a missing or corrupt
     /// file starts the server in degraded mode (speech callers go to agents).
     pub model: PathBuf,
-    /// Transcription threads, each with its own whisper state.
+    /// Transcription workers, each with its own whisper state: recordings transcribed at once.
     pub workers: usize,
+    /// ggml threads per worker. `workers * threads` should not exceed the cores speech may
+    /// use: ggml threads spin while they wait, and more of them than cores stalls every one.
+    pub threads: usize,
+    /// Transcription threads run at background priority (Linux SCHED_IDLE): call handling
+    /// always takes the CPU first, and speech waits when the machine is saturated.
+    pub background_priority: bool,
     /// Recordings waiting for a worker at most; more are answered "unavailable" at once.
     pub queue: usize,
     pub categories: PathBuf,
@@ -230,6 +236,8 @@ impl Default for SpeechConfig {
         SpeechConfig {
             model: PathBuf::from("data/models/ggml-tiny.en.bin"),
             workers: 1,
+            threads: 2,
+            background_priority: true,
             queue: 64,
             categories: PathBuf::from("routing-rules/categories.toml"),
             streets: PathBuf::from("routing-rules/streets.txt"),

@@ -208,6 +208,10 @@ fn model_command(command: ModelCommand) -> anyhow::Result<()> {
             let streets = StreetList::load(&speech.streets)?;
             let settings = DecodeSettings::for_server(&speech, &categories, &streets);
             let context = load_model(&speech.model)?;
+            // As the server's workers do, so this command measures the same thing.
+            if speech.background_priority {
+                civicline::runtime::transcriber::lower_thread_priority();
+            }
             for file in files {
                 let text = transcribe_file(&context, &file, &settings)
                     .with_context(|| format!("transcribing {}", file.display()))?;

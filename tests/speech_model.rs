@@ -18,11 +18,12 @@ use civicline::speech::case_draft::{Categories, StreetList};
 fn server_settings(root: &Path) -> DecodeSettings {
     let categories = Categories::load(&root.join("routing-rules/categories.toml")).unwrap();
     let streets = StreetList::load(&root.join("routing-rules/streets.txt")).unwrap();
-    DecodeSettings::for_server(
-        &civicline::config::SpeechConfig::default(),
-        &categories,
-        &streets,
-    )
+    // One ggml thread: tests run side by side on two cores.
+    let speech = civicline::config::SpeechConfig {
+        threads: 1,
+        ..Default::default()
+    };
+    DecodeSettings::for_server(&speech, &categories, &streets)
 }
 
 #[test]
@@ -84,7 +85,10 @@ fn the_transcribe_command_prints_transcript_and_draft() {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         config.path(),
-        format!("[speech]\nmodel = {:?}\n", common::speech_model()),
+        format!(
+            "[speech]\nmodel = {:?}\nthreads = 1\nbackground_priority = false\n",
+            common::speech_model()
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_civicline"))

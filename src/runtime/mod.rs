@@ -222,6 +222,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             decode: transcriber::DecodeSettings {
                 beam_size: config.speech.beam_size,
                 audio_ctx_to_clip: config.speech.audio_ctx_to_clip,
+                threads: config.speech.threads,
+                background_priority: config.speech.background_priority,
                 ..Default::default()
             },
         },

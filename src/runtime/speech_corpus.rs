@@ -44,7 +44,7 @@ impl CorpusReport {
     pub fn summary(&self) -> String {
         let pct = |n: usize| 100.0 * n as f64 / self.utterances.max(1) as f64;
         format!(
-            "utterances {}; word error rate {:.1} %; category {}/{} ({:.0} %); address {}/{} ({:.0} %); {:.2} s per utterance on one thread",
+            "utterances {}; word error rate {:.1} %; category {}/{} ({:.0} %); address {}/{} ({:.0} %); {:.2} s per utterance",
             self.utterances,
             100.0 * self.word_error_rate(),
             self.category_right,

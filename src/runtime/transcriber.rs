@@ -63,6 +63,10 @@ pub struct DecodeSettings {
     pub beam_size: u32,
     /// Size the encoder's window to the clip instead of Whisper's fixed 30 s.
     pub audio_ctx_to_clip: bool,
+    /// ggml threads for one recording (0 counts as 1).
+    pub threads: usize,
+    /// The pool's workers run at background priority (`lower_thread_priority`).
+    pub background_priority: bool,
 }
 
 impl DecodeSettings {
@@ -77,6 +81,8 @@ impl DecodeSettings {
             initial_prompt: crate::speech::case_draft::initial_prompt(categories, streets),
             beam_size: speech.beam_size,
             audio_ctx_to_clip: speech.audio_ctx_to_clip,
+            threads: speech.threads,
+            background_priority: speech.background_priority,
         }
     }
 }
@@ -103,27 +109,32 @@ impl Transcriber {
             let settings = settings.clone();
             std::thread::Builder::new()
                 .name(format!("whisper-{n}"))
-                .spawn(move || loop {
-                    let job = match receiver.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let started = Instant::now();
-                    let result = transcribe_file(&context, &job.path, &settings);
-                    stats.latency.observe(started.elapsed().as_secs_f64());
-                    match &result {
-                        Ok(_) => stats.done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    done(Transcript {
-                        call_ref: job.call_ref,
-                        path: job.path,
-                        result,
-                        waited: started.saturating_duration_since(job.queued_at),
-                        elapsed: started.elapsed(),
-                        queued_at: job.queued_at,
-                    });
+                .spawn(move || {
+                    if settings.background_priority {
+                        lower_thread_priority();
+                    }
+                    loop {
+                        let job = match receiver.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let started = Instant::now();
+                        let result = transcribe_file(&context, &job.path, &settings);
+                        stats.latency.observe(started.elapsed().as_secs_f64());
+                        match &result {
+                            Ok(_) => stats.done.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        done(Transcript {
+                            call_ref: job.call_ref,
+                            path: job.path,
+                            result,
+                            waited: started.saturating_duration_since(job.queued_at),
+                            elapsed: started.elapsed(),
+                            queued_at: job.queued_at,
+                        });
+                    }
                 })
                 .map_err(|e| TranscribeError::Whisper(e.to_string()))?;
         }
@@ -140,6 +151,27 @@ impl Transcriber {
                     .fetch_add(1, Ordering::Relaxed);
                 false
             }
+        }
+    }
+}
+
+/// Transcription threads run under Linux's SCHED_IDLE policy: any call-handling thread that
+/// wakes takes the CPU from them at once. A decode keeps its cores busy for most of a second;
+/// at equal priority the tokio threads that pace RTP queued behind it (two ggml threads on two
+/// cores: p99 deviation of the 20 ms packet gaps from 1.1 to 4.0 ms at 100 calls), and a nice
+/// value of 10 did not help (3.8 ms); BENCHMARKS.md, "RTP pacing while transcribing". On a
+/// machine with nothing else to do the policy costs nothing.
+///
+/// Lowers the calling thread; on Linux the policy belongs to the thread, and the threads ggml
+/// starts for a decode inherit it. Best effort: where it is refused the thread stays as it was.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `pid = 0` is the calling thread; `param` is a live sched_param.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower transcription priority");
         }
     }
 }
@@ -213,8 +245,8 @@ pub fn transcribe_file(
         let frames = ((seconds + 0.5) * 50.0).ceil() as i32;
         params.set_audio_ctx(frames.clamp(64, 1500));
     }
-    // One thread per state: ggml threads spin while waiting, and the pool gives parallelism.
-    params.set_n_threads(1);
+    // `[speech] threads` per worker; the pool's workers give parallelism between recordings.
+    params.set_n_threads(settings.threads.max(1) as i32);
     params.set_language(Some("en"));
     params.set_single_segment(true);
     params.set_no_context(true);
@@ -290,6 +322,24 @@ mod tests {
         (0..(seconds * 16_000.0) as usize)
             .map(|i| amplitude * (i as f32 * 0.2).sin())
             .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_transcription_thread_runs_below_the_media_threads() {
+        // SAFETY: `pid = 0` is the calling thread.
+        let policy_of_this_thread = || unsafe { libc::sched_getscheduler(0) };
+        let (before, after) = std::thread::spawn(move || {
+            let before = policy_of_this_thread();
+            lower_thread_priority();
+            (before, policy_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(before, libc::SCHED_OTHER);
+        assert_eq!(after, libc::SCHED_IDLE);
+        // Only that thread: the policy is per thread on Linux.
+        assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // Whisper is loaded only where a test asks for it (tests/speech_calls.rs): elsewhere the
     // speech stage runs degraded, which is itself a tested mode.
     config.speech.model = std::path::PathBuf::new();
+    // One ggml thread: tests run side by side on two cores, and spinning threads beyond the
+    // cores stall each other.
+    config.speech.threads = 1;
+    // Normal priority: under SCHED_IDLE a transcription would wait for whatever the test run
+    // beside it keeps the cores busy with (production wants exactly that: calls first).
+    config.speech.background_priority = false;
     // Queues only where a test asks for them (tests/queue_calls.rs).
     config.routing.queues = std::path::PathBuf::new();
     config
