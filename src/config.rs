@@ -172,7 +172,7 @@ pub struct Open311Key {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// Skill-based queues; "" keeps hand-offs on the "all agents busy" placeholder.
+    /// Skill-based queues; "": none, and a hand-off hears "all agents busy" and is hung up.
     pub queues: PathBuf,
     /// Agents, their skills and digest credentials (stored as HA1 hashes).
     pub agents: PathBuf,

@@ -175,7 +175,7 @@ async fn sipp_walks_the_default_menu_with_rtp_and_rfc4733() {
     let transcript = rows.iter().find(|r| r.event.kind == "transcript").unwrap();
     assert_eq!(transcript.event.reason.as_deref(), Some("unavailable"));
     let ended = rows.iter().find(|r| r.event.kind == "ended").unwrap();
-    assert_eq!(ended.event.reason.as_deref(), Some("handoff_placeholder"));
+    assert_eq!(ended.event.reason.as_deref(), Some("no_queue"));
     // The report became case 1000001 at once, linked to its recording, and was read back.
     let created = rows
         .iter()

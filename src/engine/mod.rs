@@ -66,7 +66,7 @@ pub struct EngineConfig {
     pub codecs: Vec<Codec>,
     /// The IVR flow callers walk after the ACK; `None` leaves answered calls silent.
     pub flow: Option<Arc<Flow>>,
-    /// Queues and agents; `None` keeps the "all agents busy" placeholder for hand-offs.
+    /// Queues and agents; `None`: a hand-off hears "all agents busy" (`handoff_without_queue`).
     pub routing: Option<Arc<RoutingSetup>>,
     /// Callbacks that keep a waiting caller's place; `None`: never offered.
     pub callbacks: Option<Arc<CallbackSetup>>,
@@ -295,7 +295,7 @@ struct Call {
     ivr: Option<IvrSession>,
     /// The IVR's pending deadline, mirrored in `call_timers`.
     ivr_deadline: Option<Instant>,
-    /// Set by the hand-off placeholder: hang up once the busy prompt has played.
+    /// Set when nobody can take the caller: hang up once the busy prompt has played.
     hangup_after_prompt: Option<&'static str>,
     /// Id of the playback in progress; other PromptFinished reports are stale.
     play_id: u64,
@@ -1297,7 +1297,7 @@ impl Engine {
         let Some(call_ref) = self.calls.get(&number).map(|c| c.call_ref.clone()) else {
             return;
         };
-        // Prompts of this batch, so the hand-off placeholder can play after them, not over them.
+        // Prompts of this batch, so a hand-off without a queue can play after them, not over them.
         let mut batch_prompts: Vec<String> = Vec::new();
         let hands_off = actions
             .iter()
@@ -1348,7 +1348,7 @@ impl Engine {
                     if self.queueing.is_none()
                         || !self.enqueue(now, number, &queue, prompts.clone())
                     {
-                        self.handoff_placeholder_busy_then_hangup(now, number, &queue, prompts)
+                        self.handoff_without_queue(now, number, &queue, prompts)
                     }
                 }
                 // The IVR asks to hang up once its prompts have played, so this is the moment.
@@ -1392,9 +1392,11 @@ impl Engine {
         }
     }
 
-    /// PLACEHOLDER until the queue issue lands: there are no agents or queues yet, so a hand-off
-    /// records where the caller would have gone, plays "all our agents are busy" and hangs up.
-    fn handoff_placeholder_busy_then_hangup(
+    /// A hand-off that no queue can take: queues are off (`[routing] queues = ""`), or neither
+    /// the named queue nor any queue the rules select for this caller exists. Records where the
+    /// caller would have gone (with the case, for whoever follows up), plays "all our agents are
+    /// busy" and hangs up.
+    fn handoff_without_queue(
         &mut self,
         now: Instant,
         number: u64,
@@ -1402,7 +1404,7 @@ impl Engine {
         mut prompts: Vec<String>,
     ) {
         let mut event = self.record_for(number, now, EventKind::HandOff);
-        event.reason = Some("no_queues_yet".into());
+        event.reason = Some("no_queue".into());
         // The case (if any) goes with the caller, so the agent sees the draft.
         event.detail = Some(match &self.calls[&number].case_number {
             Some(case) => format!(
@@ -1417,7 +1419,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&number) else {
             return;
         };
-        call.hangup_after_prompt = Some("handoff_placeholder");
+        call.hangup_after_prompt = Some("no_queue");
         prompts.push("all_agents_busy".into());
         self.play(now, number, prompts, language);
     }
