@@ -1,7 +1,8 @@
 //! Open311 GeoReport v2 over 127.0.0.1: services from categories.toml, requests created with
 //! an api_key (and refused without one, in the spec's error format), phone-created cases with
-//! the spec's field names, the filters, and the PyPI client `georeport` listing services and
-//! requests from the running server (scripts/install-georeport puts it in a venv).
+//! the spec's field names, the filters, the XML format beside JSON, and the PyPI client
+//! `georeport` listing services and requests from the running server
+//! (scripts/install-georeport puts it in a venv).
 
 mod common;
 
@@ -237,12 +238,189 @@ async fn services_and_requests_follow_georeport_v2() {
     assert_error(status, &body, 400);
     let (status, body) = get(&server, "/open311/v2/requests/9999999.json").await;
     assert_error(status, &body, 404);
-    let (status, body) = get(&server, &format!("/open311/v2/requests/{posted_id}.xml")).await;
+    let (status, body) = get(&server, &format!("/open311/v2/requests/{posted_id}.txt")).await;
     assert_error(status, &body, 400);
 
     // Reading needs no token, as the spec intends; the API proper still does.
     let (status, _, _) = common::http(server.server.http, "GET", "/api/v1/cases", &[], None).await;
     assert_eq!(status, 401);
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}
+
+/// GeoReport XML (`<root><item><field>text</field>...</item>...</root>`) read back: one map of
+/// field to unescaped text per item, an empty element giving "".
+fn xml_records(xml: &str, item: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut records = Vec::new();
+    let mut record: Option<std::collections::BTreeMap<String, String>> = None;
+    // The field being read and its raw text (entities kept as written, unescaped at its end).
+    let mut field: Option<(String, String)> = None;
+    let name_of = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap();
+    loop {
+        match reader.read_event().unwrap_or_else(|e| panic!("{e}: {xml}")) {
+            Event::Start(e) if name_of(e.name().as_ref()) == item => {
+                record = Some(Default::default());
+            }
+            Event::Start(e) if record.is_some() => {
+                field = Some((name_of(e.name().as_ref()), String::new()));
+            }
+            Event::Empty(e) => {
+                if let Some(record) = record.as_mut() {
+                    record.insert(name_of(e.name().as_ref()), String::new());
+                }
+            }
+            Event::Text(text) => {
+                if let Some((_, raw)) = field.as_mut() {
+                    raw.push_str(&text.decode().unwrap());
+                }
+            }
+            Event::GeneralRef(entity) => {
+                if let Some((_, raw)) = field.as_mut() {
+                    raw.push_str(&format!("&{};", entity.decode().unwrap()));
+                }
+            }
+            Event::End(e) if name_of(e.name().as_ref()) == item => {
+                records.push(record.take().unwrap());
+            }
+            Event::End(_) => {
+                if let (Some((name, raw)), Some(record)) = (field.take(), record.as_mut()) {
+                    let text = quick_xml::escape::unescape(&raw).unwrap().into_owned();
+                    record.insert(name, text);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    records
+}
+
+/// Both of GeoReport's formats carry the same records, errors included, and text that looks
+/// like markup comes back as the text it was.
+#[tokio::test]
+async fn the_xml_format_carries_the_same_records_as_json() {
+    let server = common::start_with(configure).await;
+    let http = |method: &'static str, path: String, form: Option<String>| {
+        let addr = server.server.http;
+        async move {
+            let body = form
+                .as_ref()
+                .map(|f| ("application/x-www-form-urlencoded", f.as_bytes()));
+            common::http(addr, method, &path, &[], body).await
+        }
+    };
+    let (status, headers, xml) = http("GET", "/open311/v2/services.xml".into(), None).await;
+    assert_eq!(status, 200, "{xml}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/xml"),
+        "{headers}"
+    );
+    assert!(
+        xml.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?><services><service>"),
+        "{xml}"
+    );
+    let (_, json) = get(&server, "/open311/v2/services.json").await;
+    let from_xml: Vec<String> = xml_records(&xml, "service")
+        .into_iter()
+        .map(|s| s["service_code"].clone())
+        .collect();
+    let from_json: Vec<String> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service_code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(from_xml, from_json);
+    assert!(from_xml.len() >= 12);
+
+    // Created through the XML endpoint, with a description that looks like markup.
+    let description = "Hole <b>deep</b> & \"wide\" at O'Brien's";
+    let form = format!(
+        "api_key={KEY}&service_code=pothole&address_string=5+Elm+St&description={}",
+        description
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>()
+    );
+    let (status, _, xml) = http("POST", "/open311/v2/requests.xml".into(), Some(form)).await;
+    assert_eq!(status, 201, "{xml}");
+    let created = xml_records(&xml, "request");
+    assert_eq!(created.len(), 1, "{xml}");
+    let id = created[0]["service_request_id"].clone();
+    assert!(created[0]["service_notice"].contains(&id));
+    assert_eq!(
+        created[0]["account_id"], "",
+        "null is an empty element: {xml}"
+    );
+
+    let (status, _, xml) = http("GET", format!("/open311/v2/requests/{id}.xml"), None).await;
+    assert_eq!(status, 200, "{xml}");
+    let (_, json) = get(&server, &format!("/open311/v2/requests/{id}.json")).await;
+    let request = &xml_records(&xml, "request")[0];
+    assert_eq!(request["description"], description, "{xml}");
+    for field in [
+        "service_request_id",
+        "status",
+        "service_code",
+        "address",
+        "agency_responsible",
+        "requested_datetime",
+    ] {
+        assert_eq!(
+            request[field],
+            json[0][field].as_str().unwrap(),
+            "{field}: {xml}"
+        );
+    }
+    let (status, _, xml) = http(
+        "GET",
+        "/open311/v2/requests.xml?service_code=pothole".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(xml_records(&xml, "request")
+        .iter()
+        .any(|r| r["service_request_id"] == id));
+
+    // Errors in the format asked for.
+    for (method, path, form, code) in [
+        (
+            "GET",
+            "/open311/v2/requests.xml?status=pending".to_string(),
+            None,
+            "400",
+        ),
+        (
+            "GET",
+            "/open311/v2/requests/9999999.xml".to_string(),
+            None,
+            "404",
+        ),
+        (
+            "GET",
+            "/open311/v2/services/unicorns.xml".to_string(),
+            None,
+            "404",
+        ),
+        (
+            "POST",
+            "/open311/v2/requests.xml".to_string(),
+            Some("api_key=wrong&service_code=pothole&lat=1&long=2".to_string()),
+            "403",
+        ),
+    ] {
+        let (status, _, xml) = http(method, path.clone(), form).await;
+        assert_eq!(status.to_string(), code, "{path}: {xml}");
+        let errors = xml_records(&xml, "error");
+        assert_eq!(errors.len(), 1, "{path}: {xml}");
+        assert_eq!(errors[0]["code"], code, "{path}: {xml}");
+        assert!(!errors[0]["description"].is_empty(), "{path}: {xml}");
+    }
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }

@@ -174,22 +174,42 @@ pub const ROUTES: &[RouteSpec] = &[
         ..route("GET", "/metrics", Access::Metrics, "Prometheus text exposition")
     },
     route("GET", "/open311/v2/services.json", Access::Public, "GeoReport v2: service list (one per case category)"),
-    route("GET", "/open311/v2/services/{service_code}", Access::Public, "GeoReport v2: service definition (`{code}.json`; no metadata, so always 404 in the GeoReport error format)"),
     RouteSpec {
-        query: &[
-            ("service_request_id", "comma list; overrides the other filters"),
-            ("service_code", "comma list"),
-            ("start_date", "RFC 3339; default 90 days before end_date"),
-            ("end_date", "RFC 3339; default now"),
-            ("status", "open, closed or both, comma list"),
-        ],
+        produces: "xml",
+        ..route("GET", "/open311/v2/services.xml", Access::Public, "GeoReport v2: service list, XML")
+    },
+    route("GET", "/open311/v2/services/{service_code}", Access::Public, "GeoReport v2: service definition (`{code}.json` or `.xml`; no metadata, so always 404 in the GeoReport error format)"),
+    RouteSpec {
+        query: OPEN311_REQUEST_FILTERS,
         ..route("GET", "/open311/v2/requests.json", Access::Public, "GeoReport v2: service requests, newest first, at most 1000")
+    },
+    RouteSpec {
+        query: OPEN311_REQUEST_FILTERS,
+        produces: "xml",
+        ..route("GET", "/open311/v2/requests.xml", Access::Public, "GeoReport v2: service requests, XML")
     },
     RouteSpec {
         body: Some("Open311Request"),
         ..route("POST", "/open311/v2/requests.json", Access::Open311Key, "GeoReport v2: create a service request (form-encoded, api_key required)")
     },
-    route("GET", "/open311/v2/requests/{id}", Access::Public, "GeoReport v2: one service request (`{id}.json`)"),
+    RouteSpec {
+        body: Some("Open311Request"),
+        produces: "xml",
+        ..route("POST", "/open311/v2/requests.xml", Access::Open311Key, "GeoReport v2: create a service request, XML answer")
+    },
+    route("GET", "/open311/v2/requests/{id}", Access::Public, "GeoReport v2: one service request (`{id}.json` or `{id}.xml`)"),
+];
+
+/// The filters of GeoReport's `GET requests` (both formats).
+const OPEN311_REQUEST_FILTERS: &[(&str, &str)] = &[
+    (
+        "service_request_id",
+        "comma list; overrides the other filters",
+    ),
+    ("service_code", "comma list"),
+    ("start_date", "RFC 3339; default 90 days before end_date"),
+    ("end_date", "RFC 3339; default now"),
+    ("status", "open, closed or both, comma list"),
 ];
 
 /// What every handler can reach.
@@ -268,10 +288,16 @@ fn handler(spec: &RouteSpec) -> MethodRouter<ApiState> {
         (_, "/api/v1/export/calls.csv") => get_only(get(export::calls_csv)),
         (_, "/api/v1/export/queue_events.csv") => get_only(get(export::queue_events_csv)),
         (_, "/metrics") => get_only(get(prometheus::serve)),
-        (_, "/open311/v2/services.json") => get_only(get(open311::services)),
+        (_, "/open311/v2/services.json" | "/open311/v2/services.xml") => {
+            get_only(get(open311::services))
+        }
         (_, "/open311/v2/services/{service_code}") => get_only(get(open311::service_definition)),
-        ("GET", "/open311/v2/requests.json") => on(filter, open311::requests),
-        ("POST", "/open311/v2/requests.json") => on(filter, open311::create),
+        ("GET", "/open311/v2/requests.json" | "/open311/v2/requests.xml") => {
+            on(filter, open311::requests)
+        }
+        ("POST", "/open311/v2/requests.json" | "/open311/v2/requests.xml") => {
+            on(filter, open311::create)
+        }
         (_, "/open311/v2/requests/{id}") => get_only(get(open311::request)),
         (method, path) => panic!("ROUTES names {method} {path} but no handler serves it"),
     }

@@ -1,5 +1,6 @@
-//! Open311 GeoReport v2 (http://wiki.open311.org/GeoReport_v2), JSON format only (`.xml`
-//! answers 400 in the spec's error format). Services are the case categories of
+//! Open311 GeoReport v2 (http://wiki.open311.org/GeoReport_v2), in both of its formats: the
+//! path's extension (`.json`, `.xml`) chooses, and errors come in the same format. Services are
+//! the case categories of
 //! categories.toml (service_code = category id, group = department, no metadata); service
 //! requests are cases, phone-created or POSTed here, with the spec's field names and statuses
 //! open and closed. Reading is public, as the spec intends; creating needs an `api_key` from
@@ -9,7 +10,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Form, Path, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -134,17 +135,97 @@ impl Open311 {
     }
 }
 
-/// A GeoReport error answer.
-pub fn error(status: StatusCode, description: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!([{ "code": status.as_u16(), "description": description.into() }])),
-    )
-        .into_response()
+/// GeoReport's two formats, named by the path's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
 }
 
-/// `GET /open311/v2/services.json`
-pub async fn services(State(state): State<ApiState>) -> impl IntoResponse {
+impl Format {
+    /// `name.json` or `name.xml`: the name and the format; None for anything else.
+    pub fn split(last_segment: &str) -> Option<(&str, Format)> {
+        if let Some(name) = last_segment.strip_suffix(".json") {
+            Some((name, Format::Json))
+        } else {
+            Some((last_segment.strip_suffix(".xml")?, Format::Xml))
+        }
+    }
+
+    /// The format of a fixed route (`services.xml`, `requests.json`, ...).
+    fn of(uri: &Uri) -> Format {
+        match uri.path().ends_with(".xml") {
+            true => Format::Xml,
+            false => Format::Json,
+        }
+    }
+}
+
+/// A GeoReport answer: a list of records, as a JSON array of objects or as the spec's XML
+/// (`<root><item><field>value</field>...</item>...</root>`; a null field is an empty element).
+fn answer(
+    format: Format,
+    status: StatusCode,
+    root: &str,
+    item: &str,
+    records: &[Value],
+) -> Response {
+    match format {
+        Format::Json => (status, Json(records)).into_response(),
+        Format::Xml => match xml_document(root, item, records) {
+            Ok(text) => (
+                status,
+                [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+                text,
+            )
+                .into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("writing XML: {e}"),
+            )
+                .into_response(),
+        },
+    }
+}
+
+fn xml_document(root: &str, item: &str, records: &[Value]) -> std::io::Result<String> {
+    use quick_xml::events::{BytesDecl, BytesText, Event};
+    let mut writer = quick_xml::Writer::new(Vec::new());
+    writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)))?;
+    writer.create_element(root).write_inner_content(|w| {
+        for record in records {
+            let Some(fields) = record.as_object() else {
+                continue;
+            };
+            w.create_element(item).write_inner_content(|w| {
+                for (name, value) in fields {
+                    let text = match value {
+                        Value::Null => {
+                            w.create_element(name.as_str()).write_empty()?;
+                            continue;
+                        }
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    w.create_element(name.as_str())
+                        .write_text_content(BytesText::new(&text))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(String::from_utf8_lossy(&writer.into_inner()).into_owned())
+}
+
+/// A GeoReport error answer, in the format asked for.
+pub fn error(format: Format, status: StatusCode, description: impl Into<String>) -> Response {
+    let record = json!({ "code": status.as_u16(), "description": description.into() });
+    answer(format, status, "errors", "error", &[record])
+}
+
+/// `GET /open311/v2/services.json` (or `.xml`)
+pub async fn services(State(state): State<ApiState>, uri: Uri) -> Response {
     let list: Vec<Value> = state
         .open311
         .services
@@ -165,24 +246,35 @@ pub async fn services(State(state): State<ApiState>) -> impl IntoResponse {
             })
         })
         .collect();
-    Json(list)
+    answer(
+        Format::of(&uri),
+        StatusCode::OK,
+        "services",
+        "service",
+        &list,
+    )
 }
 
-/// `GET /open311/v2/services/{code}.json`: no service has metadata, so there is no
-/// definition to give (the spec asks for one only when metadata is true).
+/// `GET /open311/v2/services/{code}.json` (or `.xml`): no service has metadata, so there is
+/// no definition to give (the spec asks for one only when metadata is true).
 pub async fn service_definition(
     State(state): State<ApiState>,
     Path(code): Path<String>,
 ) -> Response {
-    let Some(code) = code.strip_suffix(".json") else {
-        return error(StatusCode::BAD_REQUEST, "only the json format is served");
+    let Some((code, format)) = Format::split(&code) else {
+        return error(
+            Format::Json,
+            StatusCode::BAD_REQUEST,
+            "ask for {service_code}.json or {service_code}.xml",
+        );
     };
     match state.open311.service(code) {
         Some(_) => error(
+            format,
             StatusCode::NOT_FOUND,
             format!("service {code} has no metadata, so no definition"),
         ),
-        None => error(StatusCode::NOT_FOUND, format!("no service {code}")),
+        None => error(format, StatusCode::NOT_FOUND, format!("no service {code}")),
     }
 }
 
@@ -257,8 +349,10 @@ pub fn parse_datetime(text: &str) -> Option<i64> {
     Some(local + fraction_ms - offset_min * 60_000)
 }
 
-/// `GET /open311/v2/requests.json`
+/// `GET /open311/v2/requests.json` (or `.xml`)
 pub async fn requests(State(state): State<ApiState>, uri: Uri) -> Response {
+    let format = Format::of(&uri);
+    let error = |status, description: String| error(format, status, description);
     let params = match params(&uri) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.message),
@@ -304,12 +398,15 @@ pub async fn requests(State(state): State<ApiState>, uri: Uri) -> Response {
             (None, None) => (now - 90 * DAY_MS, now),
         };
         if end < start {
-            return error(StatusCode::BAD_REQUEST, "end_date is before start_date");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "end_date is before start_date".into(),
+            );
         }
         if end - start > 90 * DAY_MS {
             return error(
                 StatusCode::BAD_REQUEST,
-                "start_date to end_date may not span more than 90 days",
+                "start_date to end_date may not span more than 90 days".into(),
             );
         }
         filter.created_from_ms = Some(start);
@@ -317,13 +414,16 @@ pub async fn requests(State(state): State<ApiState>, uri: Uri) -> Response {
         filter.created_before_ms = Some(end + 1);
     }
     match state.store.list_cases(&filter).await {
-        Ok((_, cases)) => Json(
-            cases
-                .iter()
-                .map(|c| request_json(&state, c))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+        Ok((_, cases)) => {
+            let records: Vec<Value> = cases.iter().map(|c| request_json(&state, c)).collect();
+            answer(
+                format,
+                StatusCode::OK,
+                "service_requests",
+                "request",
+                &records,
+            )
+        }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the database is unavailable: {e}"),
@@ -331,32 +431,44 @@ pub async fn requests(State(state): State<ApiState>, uri: Uri) -> Response {
     }
 }
 
-/// `GET /open311/v2/requests/{id}.json`
+/// `GET /open311/v2/requests/{id}.json` (or `.xml`)
 pub async fn request(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let Some(number) = id.strip_suffix(".json") else {
+    let Some((number, format)) = Format::split(&id) else {
         return error(
+            Format::Json,
             StatusCode::BAD_REQUEST,
-            "only the json format is served: ask for {id}.json",
+            "ask for {id}.json or {id}.xml",
         );
     };
     match state.store.find_case(number).await {
-        Ok(Some(case)) => Json(vec![request_json(&state, &case)]).into_response(),
+        Ok(Some(case)) => answer(
+            format,
+            StatusCode::OK,
+            "service_requests",
+            "request",
+            &[request_json(&state, &case)],
+        ),
         Ok(None) => error(
+            format,
             StatusCode::NOT_FOUND,
             format!("no service request {number}"),
         ),
         Err(e) => error(
+            format,
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the database is unavailable: {e}"),
         ),
     }
 }
 
-/// `POST /open311/v2/requests.json` (form-encoded).
+/// `POST /open311/v2/requests.json` (or `.xml`; form-encoded either way).
 pub async fn create(
     State(state): State<ApiState>,
+    uri: Uri,
     form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let format = Format::of(&uri);
+    let error = |status, description: String| error(format, status, description);
     let form = match form {
         Ok(Form(form)) => form,
         Err(rejection) => {
@@ -378,13 +490,13 @@ pub async fn create(
         }
     };
     let Some(key) = form.get("api_key").filter(|k| !k.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "api_key is required");
+        return error(StatusCode::BAD_REQUEST, "api_key is required".into());
     };
     let Some(holder) = state.open311.key_holder(key) else {
-        return error(StatusCode::FORBIDDEN, "invalid api_key");
+        return error(StatusCode::FORBIDDEN, "invalid api_key".into());
     };
     let Some(code) = form.get("service_code").filter(|c| !c.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "service_code is required");
+        return error(StatusCode::BAD_REQUEST, "service_code is required".into());
     };
     let Some(service) = state.open311.service(code) else {
         return error(
@@ -409,7 +521,7 @@ pub async fn create(
     if lat.is_some() != lon.is_some() {
         return error(
             StatusCode::BAD_REQUEST,
-            "give both lat and long, or neither",
+            "give both lat and long, or neither".into(),
         );
     }
     let address = form
@@ -419,13 +531,13 @@ pub async fn create(
     if lat.is_none() && address.is_none() && form.get("address_id").is_none_or(|a| a.is_empty()) {
         return error(
             StatusCode::BAD_REQUEST,
-            "a location is required: lat and long, address_string or address_id",
+            "a location is required: lat and long, address_string or address_id".into(),
         );
     }
     if address.as_ref().is_some_and(|a| a.len() > 500) {
         return error(
             StatusCode::BAD_REQUEST,
-            "address_string is at most 500 characters",
+            "address_string is at most 500 characters".into(),
         );
     }
     let description = form.get("description").map(|d| d.trim().to_string());
@@ -451,15 +563,17 @@ pub async fn create(
         .create_case_from(&case, &format!("open311:{holder}"), unix_ms_now())
         .await
     {
-        Ok(case) => (
+        Ok(case) => answer(
+            format,
             StatusCode::CREATED,
-            Json(json!([{
+            "service_requests",
+            "request",
+            &[json!({
                 "service_request_id": case.case_number,
                 "service_notice": format!("Case {} is with {}.", case.case_number, service.department),
                 "account_id": null,
-            }])),
-        )
-            .into_response(),
+            })],
+        ),
         Err(e) => {
             tracing::error!(error = %e, "storing an Open311 request failed");
             error(

@@ -109,6 +109,7 @@ pub fn document() -> Value {
             "csv" => json!({"text/csv": {"schema": {"type": "string"}}}),
             "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
             "sse" => json!({"text/event-stream": {"schema": {"type": "string"}}}),
+            "xml" => json!({"text/xml": {"schema": {"type": "string"}}}),
             _ => json!({"application/json": {"schema": {}}}),
         };
         let ok = match spec.method {
