@@ -537,3 +537,130 @@ async fn agents_go_not_ready_and_ready_through_the_http_api() {
     server.server.shutdown();
     server.server.wait().await.unwrap();
 }
+
+/// REGISTER with the digest answer to the server's first challenge; the final response.
+async fn sign_in(
+    socket: &UdpSocket,
+    target: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    cseq: u32,
+) -> String {
+    let first = register(socket, target, user, cseq, None).await;
+    let Some(challenge) = challenges(&first).into_iter().next() else {
+        return first;
+    };
+    let auth = answer(
+        &challenge,
+        "SHA-256",
+        user,
+        password,
+        &format!("sip:{target}"),
+    );
+    register(socket, target, user, cseq + 1, Some(auth)).await
+}
+
+/// agents.toml reloaded (SIGHUP's path): a removed agent is signed out and their phone
+/// refused, a new agent's phone registers, and a broken file is refused with file, line and
+/// reason while the agents already loaded stay.
+#[tokio::test]
+async fn agents_added_and_removed_in_the_file_take_effect_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents.toml");
+    let original = std::fs::read_to_string(root().join("routing-rules/agents.toml")).unwrap();
+    std::fs::write(&agents, &original).unwrap();
+    let path = agents.clone();
+    let server = common::start_with(move |c| {
+        with_queues(&["SHA-256"])(c);
+        c.routing.agents = path;
+    })
+    .await;
+    let target = server.udp();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let status = |r: String| r.lines().next().unwrap_or_default().to_string();
+    assert_eq!(
+        status(sign_in(&socket, target, "1002", "civic-1002", 1).await),
+        "SIP/2.0 200 OK"
+    );
+    assert_eq!(
+        status(sign_in(&socket, target, "1009", "civic-1009", 1).await),
+        "SIP/2.0 403 Forbidden",
+        "not an agent yet"
+    );
+
+    // m.okafor leaves the file; n.new (SIP user 1009) joins it.
+    let without_okafor: Vec<&str> = original
+        .split("[[agent]]")
+        .filter(|block| !block.contains("id = \"m.okafor\""))
+        .collect();
+    assert_eq!(
+        without_okafor.len() + 1,
+        original.split("[[agent]]").count()
+    );
+    let ha1 = h("SHA-256", "1009:civicline:civic-1009");
+    let changed = format!(
+        "{}\n[[agent]]\nid = \"n.new\"\nname = \"New Agent\"\nsip_user = \"1009\"\n\
+         ha1_sha256 = \"{ha1}\"\nskills = {{ english = 3, water = 2 }}\nlanguages = [\"en\"]\n",
+        without_okafor.join("[[agent]]")
+    );
+    std::fs::write(&agents, &changed).unwrap();
+    server
+        .server
+        .reload_routing()
+        .await
+        .expect("the new agents load");
+    // Each answer below comes after the engine took the reload (one input channel).
+    assert_eq!(
+        status(sign_in(&socket, target, "1009", "civic-1009", 3).await),
+        "SIP/2.0 200 OK",
+        "the new agent's phone registers"
+    );
+    assert_eq!(
+        status(sign_in(&socket, target, "1002", "civic-1002", 3).await),
+        "SIP/2.0 403 Forbidden",
+        "the removed agent's phone is refused"
+    );
+    server.server.flush_events().await;
+    let states = |agent: &str, rows: &[civicline::runtime::store::EventRow]| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r.event.kind == "queue" && r.event.call_ref == format!("agent:{agent}"))
+            .map(|r| {
+                let detail: serde_json::Value =
+                    serde_json::from_str(r.event.detail.as_deref().unwrap()).unwrap();
+                detail["state"].to_string()
+            })
+            .collect()
+    };
+    let rows = events(&server).await;
+    assert_eq!(
+        states("m.okafor", &rows).last().map(String::as_str),
+        Some(r#""offline""#),
+        "signed out by the reload: {:?}",
+        states("m.okafor", &rows)
+    );
+    assert_eq!(
+        states("n.new", &rows).last().map(String::as_str),
+        Some(r#""ready""#),
+        "signed in by their phone: {:?}",
+        states("n.new", &rows)
+    );
+
+    // A broken file: refused with file, line and reason; n.new still registers.
+    let broken = changed.replacen("water = 2", "klingon = 2", 1);
+    std::fs::write(&agents, &broken).unwrap();
+    let line = broken[..broken.find("klingon").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
+    assert!(
+        error.contains(&format!("agents.toml:{line}")) && error.contains("klingon"),
+        "{error}"
+    );
+    assert_eq!(
+        status(sign_in(&socket, target, "1009", "civic-1009", 5).await),
+        "SIP/2.0 200 OK"
+    );
+    server.server.shutdown();
+    server.server.wait().await.unwrap();
+}

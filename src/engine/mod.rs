@@ -125,6 +125,10 @@ pub enum Input {
         agent: String,
         skills: crate::routing::rules::SkillSet,
     },
+    /// A reloaded agents.toml, already loaded and checked against the rules in force: new
+    /// agents can sign in, removed ones are signed out (after a call in hand), changed skills
+    /// apply at once.
+    ReloadAgents(Vec<crate::routing::rules::AgentProfile>),
 }
 
 /// Answers from the case store.
@@ -462,6 +466,7 @@ impl Engine {
             } => self.handle_transcript(now, &call_ref, &audio_path, outcome, detail),
             Input::RestoreCallbacks(callbacks) => self.restore_callbacks(now, callbacks),
             Input::AgentSkills { agent, skills } => self.set_agent_skills(now, agent, skills),
+            Input::ReloadAgents(agents) => self.reload_agents(now, agents),
         }
         self.drain_transactions(now);
     }

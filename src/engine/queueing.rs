@@ -343,14 +343,18 @@ pub(super) struct QueuedCaller {
     pub(super) callback_offered: bool,
 }
 
+/// Each SIP user's agent, as an index into the agents.
+fn agents_by_user(agents: &[AgentProfile]) -> HashMap<String, usize> {
+    agents
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.sip_user.clone().map(|u| (u, i)))
+        .collect()
+}
+
 impl Queueing {
     pub fn new(setup: Arc<RoutingSetup>, secret: [u8; 32]) -> Queueing {
-        let by_user = setup
-            .agents
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| a.sip_user.clone().map(|u| (u, i)))
-            .collect();
+        let by_user = agents_by_user(&setup.agents);
         Queueing {
             router: Router::new(setup.rules.clone()),
             auth: Authenticator::new(setup.digest.clone(), secret),
@@ -527,6 +531,58 @@ impl Engine {
             let ms = q.ms(now);
             q.router.replace_rules(ms, rules);
         }
+        self.drain_router(now);
+    }
+
+    /// A reloaded agents file. Agents no longer in it, or whose phone is now another SIP user,
+    /// are signed out (the router lets a call in hand finish first; their phone's next REGISTER
+    /// is refused); new agents sign in when their phone registers; changed skills apply at once
+    /// (`set_agent_skills`); changed credentials apply to the next REGISTER.
+    pub(super) fn reload_agents(&mut self, now: Instant, agents: Vec<AgentProfile>) {
+        let Some(q) = self.queueing.as_deref_mut() else {
+            return;
+        };
+        let ms = q.ms(now);
+        let mut inputs = Vec::new();
+        for before in &q.setup.agents {
+            match agents.iter().find(|a| a.id == before.id) {
+                Some(after) if after.sip_user == before.sip_user => {
+                    if after.skills != before.skills {
+                        inputs.push(RouterInput::AgentSkills {
+                            agent: after.id.clone(),
+                            skills: after.skills.clone(),
+                        });
+                    }
+                }
+                _ => inputs.push(RouterInput::AgentLogout {
+                    agent: before.id.clone(),
+                }),
+            }
+        }
+        let (kept, added) = (
+            agents
+                .iter()
+                .filter(|a| q.setup.agents.iter().any(|b| b.id == a.id))
+                .count(),
+            agents
+                .iter()
+                .filter(|a| !q.setup.agents.iter().any(|b| b.id == a.id))
+                .count(),
+        );
+        let removed = q.setup.agents.len() - kept;
+        let by_user = agents_by_user(&agents);
+        q.agent_peers.retain(|user, _| by_user.contains_key(user));
+        q.by_user = by_user;
+        Arc::make_mut(&mut q.setup).agents = agents;
+        for input in inputs {
+            match q.router.handle_input(ms, input) {
+                Ok(())
+                | Err(crate::routing::core::RouterError::AgentOffline(_))
+                | Err(crate::routing::core::RouterError::UnknownAgent(_)) => {}
+                Err(error) => tracing::warn!(%error, "agent change refused by the router"),
+            }
+        }
+        tracing::info!(kept, added, removed, "agents reloaded");
         self.drain_router(now);
     }
 

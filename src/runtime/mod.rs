@@ -112,8 +112,15 @@ pub struct Server {
     log: EventLog,
     shutdown: watch::Sender<bool>,
     engine_task: JoinHandle<anyhow::Result<()>>,
-    /// Where queue reloads go (the engine's inbound channel) and what they read.
-    reload: Option<(mpsc::Sender<Input>, std::path::PathBuf)>,
+    /// Where reloads go (the engine's inbound channel) and what they read.
+    reload: Option<RoutingFiles>,
+}
+
+/// The routing files a reload reads, and the engine it feeds.
+struct RoutingFiles {
+    engine: mpsc::Sender<Input>,
+    queues: std::path::PathBuf,
+    agents: std::path::PathBuf,
 }
 
 impl Server {
@@ -122,19 +129,27 @@ impl Server {
         let _ = self.shutdown.send(true);
     }
 
-    /// Reloads routing-rules/queues.toml (SIGHUP does this too). A file that does not load is
-    /// refused with its file, line and reason, and the rules already running stay in force;
-    /// a good one replaces them without dropping a call.
+    /// Reloads queues.toml and agents.toml (SIGHUP does this too). Both are checked first, the
+    /// agents against the new rules; if either does not load, the refusal names file, line and
+    /// reason and everything already running stays in force. Good files replace the rules
+    /// without dropping a call, then the agents (`Input::ReloadAgents`).
     pub async fn reload_routing(&self) -> anyhow::Result<()> {
-        let Some((engine, path)) = &self.reload else {
+        let Some(files) = &self.reload else {
             anyhow::bail!("no queues configured");
         };
-        let rules = crate::routing::rules::Rules::load(path)?;
-        engine
+        let rules = crate::routing::rules::Rules::load(&files.queues)?;
+        let agents = crate::routing::rules::load_agents(&files.agents, &rules)?;
+        files
+            .engine
             .send(Input::ReloadRouting(Box::new(rules)))
             .await
             .context("the engine has stopped")?;
-        tracing::info!(path = %path.display(), "queue rules reloaded");
+        files
+            .engine
+            .send(Input::ReloadAgents(agents))
+            .await
+            .context("the engine has stopped")?;
+        tracing::info!(queues = %files.queues.display(), agents = %files.agents.display(), "queue rules and agents reloaded");
         Ok(())
     }
 
@@ -306,8 +321,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let grace = Duration::from_millis(config.sip.shutdown_grace_ms);
     let server_log = log.clone();
-    let reload = (!config.routing.queues.as_os_str().is_empty())
-        .then(|| (inbound_tx.clone(), config.routing.queues.clone()));
+    let reload = (!config.routing.queues.as_os_str().is_empty()).then(|| RoutingFiles {
+        engine: inbound_tx.clone(),
+        queues: config.routing.queues.clone(),
+        agents: config.routing.agents.clone(),
+    });
     if !pending_callbacks.is_empty() {
         let restored = restored_callbacks(pending_callbacks, unix_ms_now());
         tracing::info!(count = restored.len(), "callbacks restored from the store");
@@ -457,7 +475,7 @@ pub async fn run(
                 _ = &mut shutdown => return anyhow::Ok(()),
                 _ = hangup.recv() => {
                     if let Err(error) = server.reload_routing().await {
-                        tracing::error!("queue rules not reloaded, the running ones stay: {error:#}");
+                        tracing::error!("queue rules and agents not reloaded, the running ones stay: {error:#}");
                     }
                 }
             }
