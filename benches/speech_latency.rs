@@ -139,24 +139,7 @@ async fn main() {
     let default = civicline::config::SpeechConfig::default();
     let mut one = stage(root, &model, 1, default.threads, dir.path()).await;
     let label = format!("1 worker x {} threads", default.threads);
-    // Idle: one caller at a time.
-    let mut idle = Vec::new();
-    for _ in 0..12 {
-        let (totals, _, _) = burst(&mut one, &clip, 1).await;
-        idle.extend(totals);
-    }
-    idle.sort();
-    println!(
-        "idle, {label}, {seconds:.1} s utterance, 12 runs: end of speech -> stored draft p50 {:.0} ms, p95 {:.0} ms",
-        ms(percentile(&idle, 0.5)),
-        ms(percentile(&idle, 0.95))
-    );
-    let (_, _, wall) = burst(&mut one, &clip, 6).await;
-    println!(
-        "throughput, {label}: {:.2} utterances/s ({:.1} s of speech per wall second)",
-        6.0 / wall.as_secs_f64(),
-        6.0 * seconds / wall.as_secs_f64()
-    );
+    idle_and_throughput(&mut one, &clip, &label, seconds).await;
     burst_waits(&mut one, &clip, &label).await;
     drop(one);
     // What a fresh whisper state per recording costs (runtime/transcriber.rs makes one per job).
@@ -178,22 +161,7 @@ async fn main() {
     );
     drop(context);
     let mut single = stage(root, &model, 1, 1, dir.path()).await;
-    let mut idle = Vec::new();
-    for _ in 0..12 {
-        let (totals, _, _) = burst(&mut single, &clip, 1).await;
-        idle.extend(totals);
-    }
-    idle.sort();
-    println!(
-        "idle, 1 worker x 1 thread, 12 runs: end of speech -> stored draft p50 {:.0} ms, p95 {:.0} ms",
-        ms(percentile(&idle, 0.5)),
-        ms(percentile(&idle, 0.95))
-    );
-    let (_, _, wall) = burst(&mut single, &clip, 6).await;
-    println!(
-        "throughput, 1 worker x 1 thread: {:.2} utterances/s",
-        6.0 / wall.as_secs_f64()
-    );
+    idle_and_throughput(&mut single, &clip, "1 worker x 1 thread", seconds).await;
     drop(single);
     let mut two = stage(root, &model, 2, 1, dir.path()).await;
     let (_, _, wall) = burst(&mut two, &clip, 6).await;
@@ -203,6 +171,29 @@ async fn main() {
         6.0 * seconds / wall.as_secs_f64()
     );
     burst_waits(&mut two, &clip, "2 workers x 1 thread").await;
+}
+
+/// End of speech to stored draft for one caller at a time (12 runs), then throughput for 6
+/// callers at once.
+async fn idle_and_throughput(stage: &mut Stage, clip: &Path, label: &str, seconds: f64) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        let (totals, _, _) = burst(stage, clip, 1).await;
+        idle.extend(totals);
+    }
+    idle.sort();
+    println!(
+        "idle, {label}, {seconds:.1} s utterance, 12 runs: end of speech -> stored draft p50 {:.0} ms, p95 {:.0} ms",
+        ms(percentile(&idle, 0.5)),
+        ms(percentile(&idle, 0.95))
+    );
+    let (_, _, wall) = burst(stage, clip, 6).await;
+    println!(
+        "throughput, {label}: {:.2} utterances/s ({:.1} s of speech per wall second)",
+        6.0 / wall.as_secs_f64(),
+        6.0 * seconds / wall.as_secs_f64()
+    );
 }
 
 /// Queue wait and time to the stored draft when 10, then 50 callers finish speaking at once.

@@ -374,18 +374,55 @@ async fn callers_reach_agents_with_the_right_skill_and_hear_each_other() {
     server.server.wait().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay() {
+/// A server with queues whose `file` (queues.toml or agents.toml) is a copy in a temporary
+/// folder, for a test to rewrite and reload: the server, the copy's path, its original text,
+/// and the folder (kept alive by the caller).
+async fn with_a_copy_of(
+    file: &str,
+    algorithms: &[&str],
+) -> (
+    common::TestServer,
+    std::path::PathBuf,
+    String,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let queues = dir.path().join("queues.toml");
-    let original = std::fs::read_to_string(root().join("routing-rules/queues.toml")).unwrap();
-    std::fs::write(&queues, &original).unwrap();
-    let path = queues.clone();
+    let copy = dir.path().join(file);
+    let original = std::fs::read_to_string(root().join("routing-rules").join(file)).unwrap();
+    std::fs::write(&copy, &original).unwrap();
+    let path = copy.clone();
+    let queues = with_queues(algorithms);
+    let is_agents = file == "agents.toml";
     let server = common::start_with(move |c| {
-        with_queues(&["MD5"])(c);
-        c.routing.queues = path;
+        queues(c);
+        match is_agents {
+            true => c.routing.agents = path,
+            false => c.routing.queues = path,
+        }
     })
     .await;
+    (server, copy, original, dir)
+}
+
+/// Writes `broken` (which names the undeclared skill "klingon") to `file` and checks that a
+/// reload is refused naming the file, the line and the skill.
+async fn reload_is_refused_at_the_klingon(server: &common::TestServer, file: &Path, broken: &str) {
+    std::fs::write(file, broken).unwrap();
+    let line = broken[..broken.find("klingon").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    let name = file.file_name().unwrap().to_string_lossy();
+    let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
+    assert!(
+        error.contains(&format!("{name}:{line}:")) && error.contains("klingon"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay() {
+    let (server, queues, original, _dir) = with_a_copy_of("queues.toml", &["MD5"]).await;
     server
         .server
         .reload_routing()
@@ -399,16 +436,7 @@ async fn a_broken_queue_file_is_refused_with_its_line_and_the_running_rules_stay
         1,
     );
     assert_ne!(broken, original);
-    std::fs::write(&queues, &broken).unwrap();
-    let line = broken[..broken.find("klingon").unwrap()]
-        .matches('\n')
-        .count()
-        + 1;
-    let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
-    assert!(
-        error.contains(&format!("queues.toml:{line}:")) && error.contains("klingon"),
-        "{error}"
-    );
+    reload_is_refused_at_the_klingon(&server, &queues, &broken).await;
     // An overflow cycle too: streets -> sanitation -> streets.
     let cycle: String = original
         .lines()
@@ -565,16 +593,7 @@ async fn sign_in(
 /// reason while the agents already loaded stay.
 #[tokio::test]
 async fn agents_added_and_removed_in_the_file_take_effect_on_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let agents = dir.path().join("agents.toml");
-    let original = std::fs::read_to_string(root().join("routing-rules/agents.toml")).unwrap();
-    std::fs::write(&agents, &original).unwrap();
-    let path = agents.clone();
-    let server = common::start_with(move |c| {
-        with_queues(&["SHA-256"])(c);
-        c.routing.agents = path;
-    })
-    .await;
+    let (server, agents, original, _dir) = with_a_copy_of("agents.toml", &["SHA-256"]).await;
     let target = server.udp();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let status = |r: String| r.lines().next().unwrap_or_default().to_string();
@@ -647,16 +666,7 @@ async fn agents_added_and_removed_in_the_file_take_effect_on_reload() {
 
     // A broken file: refused with file, line and reason; n.new still registers.
     let broken = changed.replacen("water = 2", "klingon = 2", 1);
-    std::fs::write(&agents, &broken).unwrap();
-    let line = broken[..broken.find("klingon").unwrap()]
-        .matches('\n')
-        .count()
-        + 1;
-    let error = format!("{:#}", server.server.reload_routing().await.unwrap_err());
-    assert!(
-        error.contains(&format!("agents.toml:{line}")) && error.contains("klingon"),
-        "{error}"
-    );
+    reload_is_refused_at_the_klingon(&server, &agents, &broken).await;
     assert_eq!(
         status(sign_in(&socket, target, "1009", "civic-1009", 5).await),
         "SIP/2.0 200 OK"
