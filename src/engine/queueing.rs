@@ -343,6 +343,17 @@ pub(super) struct QueuedCaller {
     pub(super) callback_offered: bool,
 }
 
+/// Hands the router a change to one agent's profile. An agent who is not signed in is not
+/// an error: their next sign-in takes the profile as it is now.
+fn change_agent(router: &mut Router, ms: u64, input: RouterInput) {
+    match router.handle_input(ms, input) {
+        Ok(())
+        | Err(crate::routing::core::RouterError::AgentOffline(_))
+        | Err(crate::routing::core::RouterError::UnknownAgent(_)) => {}
+        Err(error) => tracing::warn!(%error, "agent change refused by the router"),
+    }
+}
+
 /// Each SIP user's agent, as an index into the agents.
 fn agents_by_user(agents: &[AgentProfile]) -> HashMap<String, usize> {
     agents
@@ -544,8 +555,11 @@ impl Engine {
         };
         let ms = q.ms(now);
         let mut inputs = Vec::new();
+        let mut kept = 0;
         for before in &q.setup.agents {
-            match agents.iter().find(|a| a.id == before.id) {
+            let after = agents.iter().find(|a| a.id == before.id);
+            kept += usize::from(after.is_some());
+            match after {
                 Some(after) if after.sip_user == before.sip_user => {
                     if after.skills != before.skills {
                         inputs.push(RouterInput::AgentSkills {
@@ -559,28 +573,14 @@ impl Engine {
                 }),
             }
         }
-        let (kept, added) = (
-            agents
-                .iter()
-                .filter(|a| q.setup.agents.iter().any(|b| b.id == a.id))
-                .count(),
-            agents
-                .iter()
-                .filter(|a| !q.setup.agents.iter().any(|b| b.id == a.id))
-                .count(),
-        );
+        let added = agents.len() - kept;
         let removed = q.setup.agents.len() - kept;
         let by_user = agents_by_user(&agents);
         q.agent_peers.retain(|user, _| by_user.contains_key(user));
         q.by_user = by_user;
         Arc::make_mut(&mut q.setup).agents = agents;
         for input in inputs {
-            match q.router.handle_input(ms, input) {
-                Ok(())
-                | Err(crate::routing::core::RouterError::AgentOffline(_))
-                | Err(crate::routing::core::RouterError::UnknownAgent(_)) => {}
-                Err(error) => tracing::warn!(%error, "agent change refused by the router"),
-            }
+            change_agent(&mut q.router, ms, input);
         }
         tracing::info!(kept, added, removed, "agents reloaded");
         self.drain_router(now);
@@ -631,12 +631,7 @@ impl Engine {
             agent: AgentId(agent),
             skills,
         };
-        match q.router.handle_input(ms, input) {
-            Ok(())
-            | Err(crate::routing::core::RouterError::AgentOffline(_))
-            | Err(crate::routing::core::RouterError::UnknownAgent(_)) => {}
-            Err(error) => tracing::warn!(%error, "agent skills refused by the router"),
-        }
+        change_agent(&mut q.router, ms, input);
         self.drain_router(now);
     }
 
